@@ -1,0 +1,3 @@
+from l2vpn.cli import main
+
+raise SystemExit(main())
