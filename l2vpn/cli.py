@@ -1,0 +1,227 @@
+"""The command line: the only place that reads argv, sets up logging and wires real parts.
+
+Exit codes are a contract: 0 ok, 1 runtime failure, 2 usage or config error. Every
+error a user can hit is printed as one line (config errors: one line per problem).
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from l2vpn import __version__, config, logs, pki
+from l2vpn.errors import ConfigError, L2VPNError, PKIError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _load(path, role):
+    return config.load(Path(path), role)
+
+
+def cmd_node(args) -> int:
+    logs.setup(args.verbose)
+    cfg = _load(args.config, args.verb)
+    if args.verb == "hub":
+        from l2vpn.hub import Hub as node_cls
+    else:
+        from l2vpn.spoke import Spoke as node_cls
+    node = node_cls(cfg)
+    node.start()
+    node.run()
+    return EXIT_OK
+
+
+def detect_role(path) -> str:
+    """A config with a `hub:` section is a spoke's; any other is a hub's."""
+    import yaml
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return "hub"  # config.load reports the real problem
+    return "spoke" if isinstance(data, dict) and "hub" in data else "hub"
+
+
+def cmd_check(args) -> int:
+    role = args.role or detect_role(args.config)
+    try:
+        cfg = _load(args.config, role)
+    except ConfigError as e:
+        for line in e.problems:
+            print(line)
+        return EXIT_USAGE
+    problems = pki.check_tls(cfg.tls, role, cfg.node)
+    for line in problems:
+        print(f"{args.config}: tls: {line}")
+    if problems:
+        return EXIT_USAGE
+    print(f"OK ({role} {cfg.node})")
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from l2vpn.management import query
+    path = args.socket
+    if path is None and args.config:
+        path = _load(args.config, detect_role(args.config)).management.socket
+    if path is None:
+        path = _default_socket()
+    reply = query(path)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    else:
+        print(render_status(reply))
+    return EXIT_OK if "error" not in reply else EXIT_FAIL
+
+
+def _default_socket():
+    folder = Path("/run/l2vpn")
+    found = sorted(folder.glob("*.sock")) if folder.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise L2VPNError("no management socket in /run/l2vpn: pass -s SOCKET or -c CONFIG")
+    names = ", ".join(p.name for p in found)
+    raise L2VPNError(f"several nodes run here ({names}): pass -s SOCKET")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def _table(headers, rows) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    return ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+            for row in [headers, *rows]]
+
+
+def render_status(s: dict) -> str:
+    if "error" in s:
+        return f"error: {s['error']}"
+    lines = [f"{s['role']} {s['node']}, up {_duration(s.get('uptime_s', 0))}"]
+    if "hub" in s:
+        hub = s["hub"]
+        extra = f", last error: {hub['last_error']}" if hub.get("last_error") else ""
+        lines.append(f"hub {hub['address']}: {hub['state']}{extra}")
+    if "tap" in s:
+        t = s["tap"]
+        lines.append(f"tap {t['name']} {t['mac']} mtu {t['mtu']}: frames in {t['frames_in']}"
+                     f" out {t['frames_out']}, drops {t['drops']}")
+    sessions = s.get("sessions", [])
+    lines.append("")
+    lines.append(f"sessions ({len(sessions)})")
+    if sessions:
+        rows = [(x["node"], x["cn"], x["remote"], x["state"], _duration(x["uptime_s"]),
+                 f"{x['frames_in']}/{x['frames_out']}",
+                 f"{_size(x['bytes_in'])}/{_size(x['bytes_out'])}", x["drops"])
+                for x in sessions]
+        lines += _table(("NODE", "CN", "REMOTE", "STATE", "UP", "FRAMES IN/OUT",
+                         "BYTES IN/OUT", "DROPS"), rows)
+    if "macs" in s:
+        macs = s["macs"]
+        lines.append("")
+        lines.append(f"mac table ({len(macs)})")
+        if macs:
+            lines += _table(("MAC", "PORT", "AGE"),
+                            [(m["mac"], m["port"], f"{m['age_s']:.1f}s") for m in macs])
+    return "\n".join(lines)
+
+
+def cmd_pki_init(args) -> int:
+    crt, key = pki.init_ca(Path(args.dir), common_name=args.cn, days=args.days)
+    print(f"CA certificate {crt}\nCA key {key} (keep it offline; mode 0600)")
+    return EXIT_OK
+
+
+def cmd_pki_issue(args) -> int:
+    crt, key = pki.issue(Path(args.dir), args.name, args.role, ips=args.ip,
+                         dns_names=args.dns, days=args.days)
+    print(f"{args.role} certificate {crt}\n{args.role} key {key} (mode 0600)")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="l2vpn", description="Hub-and-spoke layer-2 Ethernet VPN over mutual TLS.")
+    p.add_argument("--version", action="version", version=f"l2vpn {__version__}")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    for role, what in (("hub", "run the hub: accept spokes, switch frames"),
+                       ("spoke", "run a spoke: carry the local TAP to the hub")):
+        v = verbs.add_parser(role, help=what, description=what)
+        v.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config")
+        v.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        v.set_defaults(func=cmd_node)
+
+    v = verbs.add_parser("check", help="validate a config and its certificate files",
+                         description="Validate a config and its TLS files; print OK or "
+                                     "every problem found.")
+    v.add_argument("-c", "--config", required=True, metavar="FILE")
+    v.add_argument("--role", choices=("hub", "spoke"),
+                   help="default: spoke if the file has a hub: section, else hub")
+    v.set_defaults(func=cmd_check)
+
+    v = verbs.add_parser("status", help="show a running node's sessions and MAC table",
+                         description="Ask a running hub or spoke over its management socket.")
+    v.add_argument("-s", "--socket", metavar="SOCKET",
+                   help="management socket (default: the one in /run/l2vpn)")
+    v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+    v.add_argument("--json", action="store_true", help="print the raw JSON")
+    v.set_defaults(func=cmd_status)
+
+    v = verbs.add_parser("pki", help="make a CA and certificates",
+                         description="A small CA for l2vpn (certificates from openssl or "
+                                     "easy-rsa work too).")
+    pv = v.add_subparsers(dest="pki_verb", metavar="PKI_VERB", required=True)
+    x = pv.add_parser("init", help="create a CA in DIR", description="Create DIR/ca.crt and "
+                      "DIR/ca.key.")
+    x.add_argument("dir", metavar="DIR")
+    x.add_argument("--cn", default="l2vpn CA", help="CA common name")
+    x.add_argument("--days", type=int, default=3650)
+    x.set_defaults(func=cmd_pki_init)
+    x = pv.add_parser("issue", help="issue a hub or spoke certificate",
+                      description="Create DIR/NAME.crt and DIR/NAME.key signed by DIR's CA.")
+    x.add_argument("dir", metavar="DIR")
+    x.add_argument("name", metavar="NAME", help="node name; becomes CN and SAN DNS name")
+    x.add_argument("--role", choices=("hub", "spoke"), required=True)
+    x.add_argument("--ip", action="append", default=[], help="extra SAN IP (repeatable)")
+    x.add_argument("--dns", action="append", default=[], help="extra SAN DNS (repeatable)")
+    x.add_argument("--days", type=int, default=825)
+    x.set_defaults(func=cmd_pki_issue)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        for line in e.problems:
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except PKIError as e:
+        print(f"l2vpn: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except L2VPNError as e:
+        print(f"l2vpn: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL

@@ -1,0 +1,150 @@
+"""The management socket: a Unix stream socket (mode 0600) that answers `status` with JSON.
+
+One request per connection: the client sends a line ("status"), the node answers one
+JSON document and closes. Unix sockets are named by path, so `l2vpn status` reaches a
+node in any network namespace.
+"""
+
+import errno
+import json
+import logging
+import os
+import socket
+
+from l2vpn.errors import L2VPNError, TransportError
+from l2vpn.loop import READ
+
+log = logging.getLogger("l2vpn.management")
+
+MAX_REQUEST_B = 4096
+CLIENT_TIMEOUT_S = 2.0
+
+
+class ManagementServer:
+    """Answers requests from `handler(request: str) -> dict` inside the event loop."""
+
+    def __init__(self, loop, path, handler):
+        self.loop = loop
+        self.path = os.fspath(path)
+        self.handler = handler
+        self.sock = _bind(self.path)
+        loop.watch(self.sock, READ, self._accept)
+
+    def _accept(self, _mask):
+        try:
+            client, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.warning("management accept failed: %s", e)
+            return
+        client.setblocking(False)
+        self.loop.watch(client, READ, lambda _m: self._serve(client))
+        self.loop.call_later(CLIENT_TIMEOUT_S, lambda: self._drop(client))
+
+    def _drop(self, client):
+        self.loop.forget(client)
+        client.close()
+
+    def _serve(self, client):
+        try:
+            request = client.recv(MAX_REQUEST_B)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(client)
+            return
+        command = request.decode("utf-8", "replace").strip() or "status"
+        try:
+            reply = self.handler(command)
+        except Exception as e:  # a status bug must not take the data path down
+            log.exception("management request %r failed", command)
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        data = (json.dumps(reply) + "\n").encode()
+        self.loop.forget(client)
+        try:
+            client.setblocking(True)
+            client.settimeout(CLIENT_TIMEOUT_S)
+            client.sendall(data)
+        except OSError:
+            pass
+        client.close()
+
+    def close(self):
+        self.loop.forget(self.sock)
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def _bind(path: str) -> socket.socket:
+    folder = os.path.dirname(path) or "."
+    try:
+        os.makedirs(folder, mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise TransportError(
+            f"cannot create {folder} for the management socket: {e.strerror}; "
+            f"set management.socket to a writable path") from None
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+        else:
+            raise TransportError(
+                f"management socket {path} is in use: another l2vpn node runs with it; "
+                f"stop it or set management.socket")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as e:
+        sock.close()
+        raise TransportError(f"cannot bind management socket {path}: {e.strerror}") from None
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    sock.setblocking(False)
+    return sock
+
+
+def query(path, command: str = "status", timeout_s: float = 5.0) -> dict:
+    """Ask a running node; errors become one L2VPNError line."""
+    path = os.fspath(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(path)
+        sock.sendall(command.encode() + b"\n")
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except FileNotFoundError:
+        raise L2VPNError(f"no l2vpn node at {path}: socket not found; is it running? "
+                         f"(pass -s SOCKET)") from None
+    except ConnectionRefusedError:
+        raise L2VPNError(f"no l2vpn node listening at {path} (stale socket)") from None
+    except PermissionError:
+        raise L2VPNError(f"permission denied on {path}: run as root") from None
+    except socket.timeout:
+        raise L2VPNError(f"no answer from {path} within {timeout_s:.0f} s") from None
+    except OSError as e:
+        if e.errno == errno.ENOTSOCK:
+            raise L2VPNError(f"{path} is not a socket") from None
+        raise L2VPNError(f"cannot reach {path}: {e.strerror}") from None
+    finally:
+        sock.close()
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        raise L2VPNError(f"{path} answered something that is not JSON") from None

@@ -1,0 +1,186 @@
+"""What hub and spoke share: the TAP as a port, the management socket, signals, ticks.
+
+A `Node` is wired once by the CLI and then driven by its event loop. Subclasses say what
+a frame read from the TAP or a session means; this module owns start-up order (the
+things most likely to fail first) and a shutdown that undoes all of it.
+"""
+
+import logging
+import os
+import signal
+
+from l2vpn import tap as tapdev
+from l2vpn.frame import format_mac
+from l2vpn.loop import READ, EventLoop
+from l2vpn.management import ManagementServer
+
+log = logging.getLogger("l2vpn.node")
+
+TAP_READ_B = 65536 + 1024
+TAP_BUDGET = 256
+TICK_S = 1.0
+
+
+class TapPort:
+    """The local TAP as a switch port: reads feed `on_frame`, writes go straight to the kernel."""
+
+    congested = False
+
+    def __init__(self, loop, device, name, on_frame):
+        self.loop = loop
+        self.device = device
+        self.name = name
+        self.fd = device.fd
+        self.on_frame = on_frame
+        self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
+        self.drops = 0
+        self._paused = False
+        loop.watch(self.fd, READ, self._on_readable)
+
+    def _on_readable(self, _mask):
+        fd, on_frame, read = self.fd, self.on_frame, os.read
+        for _ in range(TAP_BUDGET):
+            if self._paused:
+                return
+            try:
+                frame = read(fd, TAP_READ_B)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.error("reading TAP %s failed: %s", self.device.name, e)
+                return
+            self.frames_in += 1
+            self.bytes_in += len(frame)
+            on_frame(self, frame)
+
+    def send_frame(self, frame) -> None:
+        try:
+            os.write(self.fd, frame)
+        except OSError:
+            # The kernel refuses when the link is down or its queue is full: a switch drops.
+            self.drops += 1
+            return
+        self.frames_out += 1
+        self.bytes_out += len(frame)
+
+    def pause(self):
+        if not self._paused:
+            self._paused = True
+            self.loop.watch(self.fd, 0, None)
+
+    def resume(self):
+        if self._paused:
+            self._paused = False
+            self.loop.watch(self.fd, READ, self._on_readable)
+            self.loop.again(self.fd, self._on_readable)
+
+    def snapshot(self) -> dict:
+        return {"name": self.device.name, "mac": format_mac(self.device.mac),
+                "mtu": self.device.mtu, "frames_in": self.frames_in,
+                "frames_out": self.frames_out, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "drops": self.drops}
+
+    def close(self):
+        self.loop.forget(self.fd)
+        self.device.close()
+
+
+class Node:
+    """Lifecycle shared by hub and spoke; subclasses fill in `_start` and `status`."""
+
+    role = "node"
+
+    def __init__(self, cfg, loop=None):
+        self.cfg = cfg
+        self.loop = loop or EventLoop()
+        self.started = self.loop.clock()
+        self.tap = None
+        self.management = None
+        self._closers = []
+        self.stopping = False
+
+    def open_tap(self, tap_cfg, port_name, on_frame) -> TapPort:
+        mac = tap_cfg.mac or tapdev.derive_mac(self.cfg.node, tap_cfg.name)
+        device = tapdev.Tap.open(tap_cfg.name, mtu=tap_cfg.mtu, mac=mac,
+                                 address=tap_cfg.address, bridge=tap_cfg.bridge)
+        port = TapPort(self.loop, device, port_name, on_frame)
+        self._closers.append(port.close)
+        log.info("TAP %s up: mtu %d, mac %s%s%s", device.name, device.mtu,
+                 format_mac(device.mac),
+                 f", address {tap_cfg.address}" if tap_cfg.address else "",
+                 f", bridged into {tap_cfg.bridge}" if tap_cfg.bridge else "")
+        return port
+
+    def start(self):
+        """Open everything; on any failure close what was opened and re-raise."""
+        try:
+            self._start()
+            self.management = ManagementServer(self.loop, self.cfg.management.socket,
+                                               self._request)
+            self._closers.append(self.management.close)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.loop.on_signal(signum, lambda s=signum: self.stop(signal.Signals(s).name))
+            self.loop.call_every(TICK_S, self._tick)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self) -> None:
+        try:
+            self.loop.run()
+        finally:
+            self.close()
+
+    def stop(self, why: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            log.info("stopping (%s)", why)
+            self._say_goodbye()
+            self.loop.stop()
+
+    def close(self) -> None:
+        while self._closers:
+            fn = self._closers.pop()
+            try:
+                fn()
+            except Exception as e:  # teardown keeps going: each step is independent
+                log.warning("cleanup step failed: %s", e)
+        self.loop.close()
+
+    def _request(self, command: str) -> dict:
+        if command == "status":
+            return self.status()
+        return {"error": f"unknown request {command!r} (try: status)"}
+
+    def base_status(self) -> dict:
+        now = self.loop.clock()
+        out = {"node": self.cfg.node, "role": self.role,
+               "uptime_s": round(now - self.started, 3)}
+        if self.tap is not None:
+            out["tap"] = self.tap.snapshot()
+        return out
+
+    def check_session_health(self, session, now) -> None:
+        """Keepalives out; drop a peer that is silent or does not read for timeout_s."""
+        ka = self.cfg.keepalive
+        if session.state != "up":
+            return
+        if not session._paused and now - session.last_rx > ka.timeout_s:
+            session.close(f"peer silent for {now - session.last_rx:.0f} s", goodbye="timeout")
+        elif session.buffered and now - session.last_tx > ka.timeout_s:
+            session.close(f"peer has not read for {now - session.last_tx:.0f} s")
+        elif now - session.last_tx >= ka.interval_s:
+            session.send_keepalive()
+
+    # subclasses
+    def _start(self):
+        raise NotImplementedError
+
+    def _tick(self):
+        raise NotImplementedError
+
+    def _say_goodbye(self):
+        raise NotImplementedError
+
+    def status(self) -> dict:
+        raise NotImplementedError
