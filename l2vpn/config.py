@@ -1,0 +1,501 @@
+"""YAML config files -> frozen dataclasses; every mistake becomes one line naming file and key.
+
+Theory of operation: `SECTIONS` is the whole schema. Each row names a top-level key, the
+keys it may hold, a check per key, which roles accept it and which require it. `_load`
+walks the document against that table, gathers every problem before giving up, and only
+then builds the dataclasses, so a user fixes all their mistakes in one pass. A new
+setting is a new row (and a field on the dataclass the row builds).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from l2vpn.errors import ConfigError
+from l2vpn.frame import is_group, parse_mac
+
+ROLES = ("hub", "spoke")
+DEFAULT_PORT = 7443
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+KEEPALIVE_TIMEOUT_MAX_S = 30.0
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class TapConfig:
+    name: str
+    mtu: int = 1500
+    address: IPInterface | None = None
+    bridge: str | None = None
+    mac: bytes | None = None  # None: derived later from the node name
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    address: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+
+
+@dataclass(frozen=True)
+class HubEndpoint:
+    address: str
+    port: int = DEFAULT_PORT
+    server_name: str | None = None  # None: trust any hub certificate our CA issued
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    aging_s: float = 300.0
+    max_entries: int = 65536
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    socket: Path
+
+
+@dataclass(frozen=True)
+class KeepaliveConfig:
+    interval_s: float = 5.0
+    timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class ReconnectConfig:
+    initial_s: float = 1.0
+    max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    path: Path
+    node: str
+    listen: ListenConfig
+    tls: TLSConfig
+    tap: TapConfig | None
+    switch: SwitchConfig
+    management: ManagementConfig
+    keepalive: KeepaliveConfig
+
+
+@dataclass(frozen=True)
+class SpokeConfig:
+    path: Path
+    node: str
+    hub: HubEndpoint
+    tls: TLSConfig
+    tap: TapConfig
+    management: ManagementConfig
+    keepalive: KeepaliveConfig
+    reconnect: ReconnectConfig
+
+
+# --- checks: each takes the YAML value and the config folder, returns the parsed value
+# --- or raises Invalid(what was expected).
+
+
+class Invalid(Exception):
+    """A value failed its check; the argument says what was expected."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def int_range(low: int, high: int | None = None) -> Callable:
+    if high is None:
+        expected = f"an integer >= {low}"
+    else:
+        expected = f"an integer {low}-{high}"
+
+    def check(value, base):
+        if not _is_int(value) or value < low or (high is not None and value > high):
+            raise Invalid(expected)
+        return value
+
+    return check
+
+
+def positive_seconds(high_s: float | None = None, why: str = "") -> Callable:
+    expected = "a number of seconds > 0"
+    if high_s is not None:
+        expected += f" and <= {high_s:g}{why}"
+
+    def check(value, base):
+        if not _is_number(value) or not math.isfinite(value) or value <= 0:
+            raise Invalid(expected)
+        if high_s is not None and value > high_s:
+            raise Invalid(expected)
+        return float(value)
+
+    return check
+
+
+def node_name(value, base) -> str:
+    if not isinstance(value, str) or not NODE_NAME.fullmatch(value):
+        raise Invalid("a name of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return value
+
+
+def path_value(value, base: Path) -> Path:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise Invalid("a file path")
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def ip_literal(value, base) -> str:
+    try:
+        return str(ipaddress.ip_address(value if isinstance(value, str) else None))
+    except ValueError:
+        raise Invalid("an IPv4 or IPv6 address like 0.0.0.0 or '::'") from None
+
+
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def host(value, base) -> str:
+    """An IP literal or a DNS name; a dotted all-digit name is a mistyped IPv4 address."""
+    expected = "an IP address or DNS name like 198.18.0.1 or hub.example.net"
+    if not isinstance(value, str):
+        raise Invalid(expected)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if (
+        len(value) > 253
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+        or all(label.isdigit() for label in labels)
+    ):
+        raise Invalid(expected)
+    return value
+
+
+def ifname(value, base) -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= 15
+        or value in (".", "..")
+        or any(c in "/:" or c.isspace() for c in value)
+    ):
+        raise Invalid("an interface name of 1-15 characters without '/', ':' or spaces")
+    return value
+
+
+def interface_address(value, base) -> IPInterface:
+    expected = "an address with prefix length like 198.19.0.2/24"
+    if not isinstance(value, str) or "/" not in value:
+        raise Invalid(expected)
+    try:
+        return ipaddress.ip_interface(value)
+    except ValueError:
+        raise Invalid(expected) from None
+
+
+def unicast_mac(value, base) -> bytes:
+    expected = 'a quoted unicast MAC like "02:00:00:00:00:01"'
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}", value):
+        raise Invalid(expected)
+    mac = parse_mac(value)
+    if is_group(mac) or mac == bytes(6):
+        raise Invalid(expected + " (not multicast, broadcast or all zeros)")
+    return mac
+
+
+# --- the schema
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    check: Callable[[Any, Path], Any]
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    """One top-level key holding a mapping, built into `make`.
+
+    `default` builds the section when it is absent (given the parsed top-level scalars);
+    None means an absent section stays None. `relate` checks keys against each other on
+    the built object and returns (key, what was expected) pairs.
+    """
+
+    name: str
+    keys: tuple[Key, ...]
+    make: type
+    roles: frozenset = frozenset(ROLES)
+    required_in: frozenset = frozenset()
+    default: Callable[[dict], Any] | None = None
+    relate: Callable[[Any], list[tuple[str, str]]] | None = None
+
+
+def _keepalive_relation(ka: KeepaliveConfig):
+    if ka.timeout_s <= ka.interval_s:
+        return [("timeout_s", f"more than interval_s ({ka.interval_s:g})")]
+    return []
+
+
+def _reconnect_relation(rc: ReconnectConfig):
+    if rc.max_s < rc.initial_s:
+        return [("max_s", f"at least initial_s ({rc.initial_s:g})")]
+    return []
+
+
+def _default_management(top: dict) -> ManagementConfig:
+    return ManagementConfig(socket=Path(f"/run/l2vpn/{top['node']}.sock"))
+
+
+PORT = int_range(1, 65535)
+
+# Top-level scalar keys; each lands in the config dataclass field of the same name.
+TOP_KEYS: tuple[Key, ...] = (Key("node", node_name, required=True),)
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "listen",
+        (Key("address", ip_literal), Key("port", PORT)),
+        ListenConfig,
+        roles=frozenset({"hub"}),
+        default=lambda top: ListenConfig(),
+    ),
+    Section(
+        "hub",
+        (Key("address", host, required=True), Key("port", PORT), Key("server_name", host)),
+        HubEndpoint,
+        roles=frozenset({"spoke"}),
+        required_in=frozenset({"spoke"}),
+    ),
+    Section(
+        "tls",
+        (Key("ca", path_value, True), Key("cert", path_value, True), Key("key", path_value, True)),
+        TLSConfig,
+        required_in=frozenset(ROLES),
+    ),
+    Section(
+        "tap",
+        (
+            Key("name", ifname, required=True),
+            Key("mtu", int_range(576, 65535)),
+            Key("address", interface_address),
+            Key("bridge", ifname),
+            Key("mac", unicast_mac),
+        ),
+        TapConfig,
+        required_in=frozenset({"spoke"}),
+    ),
+    Section(
+        "switch",
+        (Key("aging_s", positive_seconds()), Key("max_entries", int_range(1))),
+        SwitchConfig,
+        roles=frozenset({"hub"}),
+        default=lambda top: SwitchConfig(),
+    ),
+    Section(
+        "management",
+        (Key("socket", path_value),),
+        ManagementConfig,
+        default=_default_management,
+    ),
+    Section(
+        "keepalive",
+        (
+            Key("interval_s", positive_seconds()),
+            Key(
+                "timeout_s",
+                positive_seconds(KEEPALIVE_TIMEOUT_MAX_S, " so a dead peer is noticed within 30 s"),
+            ),
+        ),
+        KeepaliveConfig,
+        default=lambda top: KeepaliveConfig(),
+        relate=_keepalive_relation,
+    ),
+    Section(
+        "reconnect",
+        (Key("initial_s", positive_seconds()), Key("max_s", positive_seconds())),
+        ReconnectConfig,
+        roles=frozenset({"spoke"}),
+        default=lambda top: ReconnectConfig(),
+        relate=_reconnect_relation,
+    ),
+)
+
+_CONFIG_CLASS = {"hub": HubConfig, "spoke": SpokeConfig}
+
+
+# --- loading
+
+
+def load_hub(path) -> HubConfig:
+    """Read and check a hub config; raises ConfigError listing every problem."""
+    return _load(Path(path), "hub")
+
+
+def load_spoke(path) -> SpokeConfig:
+    """Read and check a spoke config; raises ConfigError listing every problem."""
+    return _load(Path(path), "spoke")
+
+
+def load(path, role: str) -> HubConfig | SpokeConfig:
+    """Read a config for `role` ("hub" or "spoke")."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, not {role!r}")
+    return _load(Path(path), role)
+
+
+def _show(value) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key_text(name) -> str:
+    """An unknown key as typed, or quoted when it would not read as one plain word."""
+    if isinstance(name, str) and name.isprintable() and name and not any(c.isspace() for c in name):
+        return name
+    return repr(name)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, which YAML would silently let win."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (each key may appear once)", key_node.start_mark
+            )
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_document(path: Path):
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise ConfigError(f"{path}: cannot read: {reason} (check the path and permissions)") from None
+    try:
+        doc = yaml.load(data, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: {where}invalid YAML: {_one_line(exc.problem)}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {_one_line(exc)}") from None
+    if not isinstance(doc, dict):
+        found = "an empty file" if doc is None else _show(doc)
+        raise ConfigError(
+            f"{path}: expected a mapping of settings (node: ..., tls: ...) at the top level, got {found}"
+        )
+    return doc
+
+
+def _check_keys(doc: dict, keys: tuple[Key, ...], prefix: str, base: Path, problems: list, where: str) -> dict:
+    values = {}
+    for key in keys:
+        if key.name not in doc:
+            if key.required:
+                problems.append(f"{where}: {prefix}{key.name}: required key is missing")
+            continue
+        try:
+            values[key.name] = key.check(doc[key.name], base)
+        except Invalid as exc:
+            problems.append(f"{where}: {prefix}{key.name}: expected {exc.args[0]}, got {_show(doc[key.name])}")
+    return values
+
+
+def _load(path: Path, role: str):
+    doc = _read_document(path)
+    base = path.absolute().parent
+    problems: list[str] = []
+    sections = [s for s in SECTIONS if role in s.roles]
+
+    allowed_names = [k.name for k in TOP_KEYS] + [s.name for s in sections]
+    allowed = ", ".join(allowed_names)
+    other_role = {s.name for s in SECTIONS if role not in s.roles}
+    other = "hub" if role == "spoke" else "spoke"
+    for name in doc:
+        if name not in allowed_names:
+            hint = f"; {name} belongs in a {other} config" if name in other_role else ""
+            problems.append(f"{path}: {_key_text(name)}: unknown key in a {role} config (expected one of: {allowed}){hint}")
+
+    top = _check_keys(doc, TOP_KEYS, "", base, problems, str(path))
+
+    raw: dict[str, dict] = {}
+    for section in sections:
+        names = ", ".join(k.name for k in section.keys)
+        if section.name not in doc:
+            if role in section.required_in:
+                problems.append(
+                    f"{path}: {section.name}: required section is missing (expected a mapping with keys: {names})"
+                )
+            continue
+        value = {} if doc[section.name] is None else doc[section.name]
+        if not isinstance(value, dict):
+            problems.append(f"{path}: {section.name}: expected a mapping with keys: {names}, got {_show(value)}")
+            continue
+        for name in value:
+            if name not in {k.name for k in section.keys}:
+                problems.append(f"{path}: {section.name}.{_key_text(name)}: unknown key (expected one of: {names})")
+        before = len(problems)
+        raw[section.name] = _check_keys(value, section.keys, f"{section.name}.", base, problems, str(path))
+        if section.relate and len(problems) == before:
+            built = section.make(**raw[section.name])
+            for key, expected in section.relate(built):
+                found = _show(value[key]) if key in value else f"{getattr(built, key):g} (the default)"
+                problems.append(f"{path}: {section.name}.{key}: expected {expected}, got {found}")
+
+    if problems:
+        raise ConfigError(problems)
+
+    fields = {"path": path, **top}
+    for section in sections:
+        if section.name in raw:
+            fields[section.name] = section.make(**raw[section.name])
+        else:
+            fields[section.name] = section.default(top) if section.default else None
+    return _CONFIG_CLASS[role](**fields)
