@@ -10,6 +10,7 @@ import logging
 import re
 
 from l2vpn import pki
+from l2vpn.errors import PKIError
 from l2vpn.frame import format_mac
 from l2vpn.logs import RateLimitedLog
 from l2vpn.node import Node
@@ -68,7 +69,10 @@ class Hub(Node):
         return self.cfg.tap.mtu if self.cfg.tap is not None else 1500
 
     def _on_secure(self, session):
-        cn = pki.peer_common_name(session.sock)
+        try:
+            cn = pki.peer_common_name(session.sock)
+        except PKIError as e:
+            return f"refused: {e}"
         if not cn or not NAME_RE.match(cn):
             return f"refused: certificate CN {cn!r} is not a valid node name"
         if cn == HUB_PORT and self.tap is not None:

@@ -128,21 +128,29 @@ class EventLoop:
             else:
                 timeout = None
             for key, mask in sel.select(timeout):
-                key.data(mask)
+                self._call(key.data, mask)
             if self._again:
                 again, self._again = self._again, {}
                 for fn in again.values():
-                    fn(READ)
+                    self._call(fn, READ)
             if timers:
                 now = clock()
                 while timers and timers[0][0] <= now:
                     t = heapq.heappop(timers)[2]
                     if not t.cancelled:
-                        t.fn()
+                        self._call(t.fn)
             while self._flush:
                 pending, self._flush = self._flush, {}
                 for fn in pending.values():
-                    fn()
+                    self._call(fn)
+
+    @staticmethod
+    def _call(fn, *args):
+        # A bug met by one peer's traffic must not stop the loop that serves all the others.
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("internal error in %r; carrying on", fn)
 
     def close(self):
         if self._wake_r is not None:

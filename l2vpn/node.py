@@ -165,7 +165,7 @@ class Node:
         ka = self.cfg.keepalive
         if session.state != "up":
             return
-        if not session._paused and now - session.last_rx > ka.timeout_s:
+        if not session.paused and now - session.last_rx > ka.timeout_s:
             session.close(f"peer silent for {now - session.last_rx:.0f} s", goodbye="timeout")
         elif session.buffered and now - session.last_tx > ka.timeout_s:
             session.close(f"peer has not read for {now - session.last_tx:.0f} s")

@@ -9,7 +9,7 @@ import logging
 import random
 
 from l2vpn import pki
-from l2vpn.errors import TransportError
+from l2vpn.errors import PKIError, TransportError
 from l2vpn.node import Node
 from l2vpn.transport import UP, Session, connect
 
@@ -53,7 +53,10 @@ class Spoke(Node):
             on_close=self._on_close)
 
     def _on_secure(self, session):
-        session.cn = pki.peer_common_name(session.sock)
+        try:
+            session.cn = pki.peer_common_name(session.sock)
+        except PKIError as e:
+            return f"hub certificate unusable: {e}"
         return None
 
     def _on_up(self, session):

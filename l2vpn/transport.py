@@ -259,6 +259,10 @@ class Session:
             elif type(ev) is wire.ConnectionClosed:
                 self.close("peer closed the connection")
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def pause(self):
         """Stop reading this peer until resume(): its frames have nowhere to go."""
         if not self._paused:
