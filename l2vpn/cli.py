@@ -28,9 +28,20 @@ def cmd_node(args) -> int:
     else:
         from l2vpn.spoke import Spoke as node_cls
     node = node_cls(cfg)
-    node.start()
+    try:
+        node.start()
+    except PKIError as e:
+        raise ConfigError(tls_problem(cfg, str(e))) from None
     node.run()
     return EXIT_OK
+
+
+def tls_problem(cfg, message: str) -> str:
+    """Name the config file and the tls key a certificate problem comes from."""
+    for key in ("key", "cert", "ca"):
+        if message.startswith(str(getattr(cfg.tls, key))):
+            return f"{cfg.path}: tls.{key}: {message}"
+    return f"{cfg.path}: tls: {message}"
 
 
 def detect_role(path) -> str:
@@ -54,7 +65,7 @@ def cmd_check(args) -> int:
         return EXIT_USAGE
     problems = pki.check_tls(cfg.tls, role, cfg.node)
     for line in problems:
-        print(f"{args.config}: tls: {line}")
+        print(tls_problem(cfg, line))
     if problems:
         return EXIT_USAGE
     print(f"OK ({role} {cfg.node})")

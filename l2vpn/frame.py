@@ -4,6 +4,10 @@ Frames are bytes-like objects holding an Ethernet header (dst, src, ethertype, o
 802.1Q tags) and payload. MACs are 6-byte `bytes`, which hash fast as dict keys.
 """
 
+import re
+
+_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}")
+
 ETH_HLEN = 14
 VLAN_HLEN = 4
 MIN_FRAME = ETH_HLEN
@@ -51,7 +55,6 @@ def format_mac(mac) -> str:
 
 def parse_mac(text: str) -> bytes:
     """Parse "aa:bb:cc:dd:ee:ff" (or with '-'); raises ValueError on anything else."""
-    parts = text.replace("-", ":").split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+    if not _MAC_RE.fullmatch(text):
         raise ValueError(f"not a MAC address: {text!r}")
-    return bytes(int(p, 16) for p in parts)
+    return bytes.fromhex(text.replace("-", "").replace(":", ""))

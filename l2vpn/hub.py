@@ -106,7 +106,7 @@ class Hub(Node):
             flushed = self.switch.drop_port(session)
             log.info("spoke %s down: %s (%d MACs flushed)", session.cn, reason, flushed)
         elif session.up_since is None:
-            self.refusals.warning(f"refused:{reason}", "session from %s refused: %s",
+            self.refusals.warning("refused", "session from %s refused: %s",
                                   session.remote, reason)
 
     # -- data path -------------------------------------------------------------------

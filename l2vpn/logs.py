@@ -15,7 +15,9 @@ def setup(verbose: bool = False) -> None:
 class RateLimitedLog:
     """At most `burst` lines per key per `window_s`; later lines are counted, then summarised."""
 
-    def __init__(self, logger, burst: int = 5, window_s: float = 10.0, clock=time.monotonic):
+    def __init__(self, logger, burst: int = 5, window_s: float = 10.0, clock=time.monotonic,
+                 max_keys: int = 256):
+        self.max_keys = max_keys
         self.logger = logger
         self.burst = burst
         self.window_s = window_s
@@ -34,9 +36,11 @@ class RateLimitedLog:
             count += 1
         else:
             suppressed += 1
-        self._windows[key] = (start, count, suppressed)
-        if len(self._windows) > 1024:
+        if key not in self._windows and len(self._windows) >= self.max_keys:
             self._windows = {k: v for k, v in self._windows.items() if now - v[0] < self.window_s}
+            while len(self._windows) >= self.max_keys:
+                del self._windows[next(iter(self._windows))]
+        self._windows[key] = (start, count, suppressed)
 
     def warning(self, key: str, msg: str, *args) -> None:
         self.log(logging.WARNING, key, msg, *args)

@@ -81,11 +81,15 @@ class EventLoop:
         return t
 
     def call_every(self, interval_s, fn):
-        """Run `fn()` every `interval_s` until the loop stops."""
+        """Run `fn()` every `interval_s` until the returned handle is cancelled."""
+        handle = Timer(None, fn)
+
         def tick():
-            fn()
-            self.call_later(interval_s, tick)
-        return self.call_later(interval_s, tick)
+            if not handle.cancelled:
+                self.call_later(interval_s, tick)  # re-armed first: a raise in fn must not end it
+                fn()
+        self.call_later(interval_s, tick)
+        return handle
 
     # -- flushing --------------------------------------------------------------------
     def want_flush(self, key, fn):

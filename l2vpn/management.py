@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import stat
 
 from l2vpn.errors import L2VPNError, TransportError
 from l2vpn.loop import READ
@@ -54,21 +55,21 @@ class ManagementServer:
         except OSError:
             self._drop(client)
             return
+        self.loop.forget(client)
         command = request.decode("utf-8", "replace").strip() or "status"
         try:
-            reply = self.handler(command)
-        except Exception as e:  # a status bug must not take the data path down
-            log.exception("management request %r failed", command)
-            reply = {"error": f"{type(e).__name__}: {e}"}
-        data = (json.dumps(reply) + "\n").encode()
-        self.loop.forget(client)
-        try:
+            try:
+                data = json.dumps(self.handler(command)).encode() + b"\n"
+            except Exception as e:  # a status bug must not take the data path down
+                log.exception("management request %r failed", command)
+                data = json.dumps({"error": f"{type(e).__name__}: {e}"}).encode() + b"\n"
             client.setblocking(True)
             client.settimeout(CLIENT_TIMEOUT_S)
             client.sendall(data)
         except OSError:
             pass
-        client.close()
+        finally:
+            client.close()
 
     def close(self):
         self.loop.forget(self.sock)
@@ -87,7 +88,10 @@ def _bind(path: str) -> socket.socket:
         raise TransportError(
             f"cannot create {folder} for the management socket: {e.strerror}; "
             f"set management.socket to a writable path") from None
-    if os.path.exists(path):
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise TransportError(f"management socket path {path} exists and is not a socket; "
+                                 f"set management.socket elsewhere")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -137,7 +141,7 @@ def query(path, command: str = "status", timeout_s: float = 5.0) -> dict:
     except PermissionError:
         raise L2VPNError(f"permission denied on {path}: run as root") from None
     except socket.timeout:
-        raise L2VPNError(f"no answer from {path} within {timeout_s:.0f} s") from None
+        raise L2VPNError(f"no answer from {path} within {timeout_s:g} s") from None
     except OSError as e:
         if e.errno == errno.ENOTSOCK:
             raise L2VPNError(f"{path} is not a socket") from None

@@ -121,6 +121,7 @@ class Session:
         self._off = 0
         self._retry = 0
         self._paused = False
+        self._closing = False
         self._want_write = False
         self.waiters = set()
         self._rbuf = bytearray(READ_CHUNK_B)
@@ -181,7 +182,7 @@ class Session:
     def _handshake_timeout(self):
         if self.state in (CONNECTING, HANDSHAKE, HELLO):
             self.close(f"no {'connection' if self.state == CONNECTING else 'handshake'} "
-                       f"within {HANDSHAKE_TIMEOUT_S:.0f} s")
+                       f"within {HANDSHAKE_TIMEOUT_S:g} s")
 
     # -- reading ---------------------------------------------------------------------
     def _on_io(self, mask):
@@ -313,7 +314,8 @@ class Session:
                 self._set_want_write(True)
                 break
             except (ssl.SSLError, OSError) as e:
-                self.close(f"connection lost while sending: {ssl_reason(e)}")
+                if not self._closing:
+                    self.close(f"connection lost while sending: {ssl_reason(e)}")
                 return
             self._retry = 0
             self._off += n
@@ -369,6 +371,7 @@ class Session:
         if self.state == CLOSED:
             return
         if goodbye and self.state in (HELLO, UP):
+            self._closing = True  # a failing flush must not close (and report) a second time
             try:
                 self.out += self.conn.goodbye(goodbye[:200])
                 self.flush()

@@ -1,0 +1,151 @@
+"""In-memory stand-ins for the small interfaces hub and spoke see, and loop helpers.
+
+A switch port is anything with `name`, `send_frame(frame)`, `congested`, `pause()`,
+`resume()` and `add_waiter(source)`; a session adds the hello facts (`cn`, `name`,
+`peer`) and `goodbye()`. The fakes record every call so a test can assert on it.
+"""
+
+import socket
+import threading
+
+from l2vpn.loop import READ
+from l2vpn.wire import Hello
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakePort:
+    """A switch port that keeps what it is sent; the test sets `congested`."""
+
+    def __init__(self, name: str, congested: bool = False):
+        self.name = name
+        self.congested = congested
+        self.sent = []
+        self.frames_out = self.bytes_out = 0
+        self.drops = 0
+        self.paused = False
+        self.pauses = self.resumes = 0
+        self.waiters = []
+
+    def __repr__(self):
+        return f"<FakePort {self.name}>"
+
+    def send_frame(self, frame) -> None:
+        self.sent.append(bytes(frame))
+        self.frames_out += 1
+        self.bytes_out += len(frame)
+
+    def pause(self) -> None:
+        self.pauses += 1
+        self.paused = True
+
+    def resume(self) -> None:
+        self.resumes += 1
+        self.paused = False
+
+    def add_waiter(self, source) -> None:
+        self.waiters.append(source)
+
+
+class FakeSession(FakePort):
+    """A session that finished its hello: a port plus the facts hub._on_up reads."""
+
+    def __init__(self, cn: str, name: str | None = None, mtu: int = 1500,
+                 remote: str = "192.0.2.1:40000", up_since: float | None = 0.0):
+        super().__init__(cn)
+        self.cn = cn
+        self.name = name or cn
+        self.peer = Hello(1, self.name, mtu, 0)
+        self.remote = remote
+        self.state = "up"
+        self.up_since = up_since
+        self.goodbyes = []
+
+    def __repr__(self):
+        return f"<FakeSession {self.cn}>"
+
+    def goodbye(self, reason: str, linger_s: float = 1.0) -> None:
+        self.goodbyes.append(reason)
+        self.state = "closed"
+
+    def snapshot(self, now: float) -> dict:
+        return {"node": self.name, "cn": self.cn, "remote": self.remote, "state": self.state,
+                "uptime_s": now - (self.up_since or now), "frames_in": 0,
+                "frames_out": self.frames_out, "bytes_in": 0, "bytes_out": self.bytes_out,
+                "drops": self.drops}
+
+
+def run_until(loop, cond, timeout_s: float = 5.0, what: str = "the condition") -> None:
+    """Run `loop` until `cond()` holds (checked every millisecond) or fail after `timeout_s`."""
+    deadline = loop.clock() + timeout_s
+    handle = None
+
+    def check():
+        nonlocal handle
+        if cond() or loop.clock() > deadline:
+            loop.stop()
+            return
+        handle = loop.call_later(0.001, check)
+
+    handle = loop.call_later(0, check)
+    try:
+        loop.run()
+    finally:
+        handle.cancel()
+    assert cond(), f"timed out after {timeout_s} s waiting for {what}"
+
+
+def run_bounded(loop, timeout_s: float = 5.0) -> None:
+    """Run `loop` until something calls stop(); fail if that takes over `timeout_s`."""
+    timed_out = []
+
+    def expire():
+        timed_out.append(True)
+        loop.stop()
+
+    guard = loop.call_later(timeout_s, expire)
+    try:
+        loop.run()
+    finally:
+        guard.cancel()
+    assert not timed_out, f"the loop was not stopped within {timeout_s} s"
+
+
+def call_in_thread(loop, fn, timeout_s: float = 5.0):
+    """Run the blocking `fn()` in a thread while `loop` serves it; return or raise its outcome."""
+    outcome = {}
+    wake_r, wake_w = socket.socketpair()      # the thread's "done" wakes the loop at once
+
+    def worker():
+        try:
+            outcome["value"] = fn()
+        except BaseException as e:           # handed over to the test thread
+            outcome["error"] = e
+        finally:
+            wake_w.send(b"x")
+
+    loop.watch(wake_r, READ, lambda _m: loop.stop())
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    try:
+        run_bounded(loop, timeout_s=timeout_s)
+    finally:
+        t.join(timeout_s)
+        loop.forget(wake_r)
+        wake_r.close()
+        wake_w.close()
+    assert not t.is_alive(), f"{fn} still running after {timeout_s} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -1,0 +1,371 @@
+import logging
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import yaml
+from cryptography import x509
+from fakes import call_in_thread
+
+import l2vpn
+from l2vpn import cli, hub, pki, spoke
+from l2vpn.cli import main, render_status
+from l2vpn.config import TLSConfig
+from l2vpn.loop import EventLoop
+from l2vpn.management import ManagementServer
+
+
+@pytest.fixture(autouse=True)
+def keep_logging():
+    """`hub`/`spoke` set up logging; put the global logging state back afterwards."""
+    root = logging.getLogger()
+    ours = logging.getLogger("l2vpn")
+    saved = (list(root.handlers), root.level, ours.level)
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    ours.setLevel(saved[2])
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    pki.init_ca(d)
+    pki.issue(d, "hub", "hub")
+    pki.issue(d, "site-a", "spoke")
+    return d
+
+
+def write_config(tmp_path, doc, name="node.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def hub_doc(ca, tmp_path, **changes):
+    doc = {
+        "node": "hub",
+        "listen": {"address": "127.0.0.1", "port": 7443},
+        "tls": {"ca": str(ca / "ca.crt"), "cert": str(ca / "hub.crt"), "key": str(ca / "hub.key")},
+        "tap": {"name": "l2vpn-test0"},
+        "management": {"socket": str(tmp_path / "hub.sock")},
+    }
+    doc.update(changes)
+    return doc
+
+
+def spoke_doc(ca, tmp_path, **changes):
+    doc = {
+        "node": "site-a",
+        "hub": {"address": "127.0.0.1"},
+        "tls": {"ca": str(ca / "ca.crt"), "cert": str(ca / "site-a.crt"),
+                "key": str(ca / "site-a.key")},
+        "tap": {"name": "l2vpn-test1"},
+        "management": {"socket": str(tmp_path / "site-a.sock")},
+    }
+    doc.update(changes)
+    return doc
+
+
+def lines(text):
+    return [line for line in text.splitlines() if line]
+
+
+# -- argument parsing ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["hub", "--help"], ["spoke", "--help"], ["check", "--help"],
+    ["status", "--help"], ["pki", "--help"], ["pki", "init", "--help"],
+    ["pki", "issue", "--help"],
+])
+def test_help_of_every_verb_exits_0(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    assert "usage: l2vpn" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["hub"], ["spoke"], ["check"], [], ["pki"],
+                                  ["pki", "issue", "DIR", "x"], ["frobnicate"]])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_missing_config_option_is_named(capsys):
+    with pytest.raises(SystemExit):
+        main(["hub"])
+    assert "-c/--config" in capsys.readouterr().err
+
+
+def test_version_in_a_subprocess():
+    done = subprocess.run([sys.executable, "-m", "l2vpn", "--version"], capture_output=True,
+                          text=True, timeout=30, cwd=os.path.dirname(os.path.dirname(l2vpn.__file__)))
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"l2vpn {l2vpn.__version__}"
+
+
+# -- pki -----------------------------------------------------------------------------
+
+
+def test_pki_init_and_issue_create_files(tmp_path, capsys):
+    d = tmp_path / "ca"
+    assert main(["pki", "init", str(d)]) == 0
+    assert main(["pki", "issue", str(d), "hub", "--role", "hub"]) == 0
+    assert main(["pki", "issue", str(d), "site-a", "--role", "spoke", "--ip", "198.18.0.2",
+                 "--dns", "a.example"]) == 0
+    for name in ("ca", "hub", "site-a"):
+        assert (d / f"{name}.crt").is_file()
+        assert stat.S_IMODE(os.stat(d / f"{name}.key").st_mode) == 0o600
+    out = capsys.readouterr().out
+    assert str(d / "site-a.crt") in out and "spoke" in out
+    cert = x509.load_pem_x509_certificate((d / "site-a.crt").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "a.example" in san.get_values_for_type(x509.DNSName)
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["198.18.0.2"]
+    problems = pki.check_tls(TLSConfig(d / "ca.crt", d / "site-a.crt", d / "site-a.key"),
+                             "spoke", "site-a")
+    assert problems == []
+
+
+def test_pki_init_twice_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["pki", "init", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["pki", "init", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert len(lines(captured.err)) == 1
+    assert "already" in captured.err and "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_pki_issue_without_a_ca_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["pki", "issue", str(tmp_path), "hub", "--role", "hub"]) == 2
+    err = capsys.readouterr().err
+    assert len(lines(err)) == 1 and err.startswith("l2vpn: ")
+
+
+def test_pki_issue_bad_name_exit_2(tmp_path, capsys):
+    main(["pki", "init", str(tmp_path)])
+    assert main(["pki", "issue", str(tmp_path), "bad name", "--role", "spoke"]) == 2
+    assert "bad certificate name" in capsys.readouterr().err
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+def test_check_good_hub_config(ca, tmp_path, capsys):
+    path = write_config(tmp_path, hub_doc(ca, tmp_path))
+    assert main(["check", "-c", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == "OK (hub hub)"
+
+
+def test_check_detects_a_spoke_config(ca, tmp_path, capsys):
+    path = write_config(tmp_path, spoke_doc(ca, tmp_path))
+    assert main(["check", "-c", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == "OK (spoke site-a)"
+
+
+def test_check_with_explicit_role(ca, tmp_path, capsys):
+    path = write_config(tmp_path, spoke_doc(ca, tmp_path))
+    assert main(["check", "-c", str(path), "--role", "spoke"]) == 0
+    assert main(["check", "-c", str(path), "--role", "hub"]) == 2
+
+
+def test_check_wrong_key(ca, tmp_path, capsys):
+    doc = hub_doc(ca, tmp_path)
+    doc["tls"]["key"] = str(ca / "site-a.key")           # another node's key
+    path = write_config(tmp_path, doc)
+    assert main(["check", "-c", str(path)]) == 2
+    out = lines(capsys.readouterr().out)
+    assert out and all(line.startswith(f"{path}: tls") for line in out)
+    assert any("site-a.key does not match" in line for line in out)
+    assert not any(line.startswith("OK") for line in out)
+
+
+def test_check_spoke_whose_certificate_names_another_node(ca, tmp_path, capsys):
+    path = write_config(tmp_path, spoke_doc(ca, tmp_path, node="site-b"))
+    assert main(["check", "-c", str(path)]) == 2
+    assert "common name is 'site-a' but node is 'site-b'" in capsys.readouterr().out
+
+
+def test_check_config_problems_one_line_each(ca, tmp_path, capsys):
+    doc = hub_doc(ca, tmp_path, colour="blue")
+    doc["listen"]["port"] = 70000
+    doc["tap"]["mtu_bytes"] = 1500
+    path = write_config(tmp_path, doc)
+    assert main(["check", "-c", str(path)]) == 2
+    out = lines(capsys.readouterr().out)
+    assert len(out) == 3
+    assert all(line.startswith(f"{path}: ") for line in out)
+    assert any("colour: unknown key" in line for line in out)
+    assert any("listen.port: expected an integer 1-65535, got 70000" in line for line in out)
+    assert any("tap.mtu_bytes: unknown key" in line for line in out)
+
+
+def test_check_missing_file(tmp_path, capsys):
+    assert main(["check", "-c", str(tmp_path / "nope.yaml")]) == 2
+    out = lines(capsys.readouterr().out)
+    assert len(out) == 1 and "cannot read" in out[0]
+
+
+# -- hub / spoke ---------------------------------------------------------------------
+
+
+class MustNotStart:
+    def __init__(self, *a, **kw):
+        raise AssertionError("a node was constructed despite a config error")
+
+
+@pytest.mark.parametrize("verb", ["hub", "spoke"])
+def test_node_with_a_config_error_exits_2_without_starting(verb, ca, tmp_path, capsys,
+                                                          monkeypatch):
+    monkeypatch.setattr(hub, "Hub", MustNotStart)
+    monkeypatch.setattr(spoke, "Spoke", MustNotStart)
+    doc = hub_doc(ca, tmp_path) if verb == "hub" else spoke_doc(ca, tmp_path)
+    doc["keepalive"] = {"interval_s": 10, "timeout_s": 5}
+    path = write_config(tmp_path, doc)
+    assert main([verb, "-c", str(path)]) == 2
+    captured = capsys.readouterr()
+    err = lines(captured.err)
+    assert err == [f"{path}: keepalive.timeout_s: expected more than interval_s (10), got 5"]
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not os.path.exists(tmp_path / f"{doc['node']}.sock")
+
+
+def test_hub_given_a_spoke_config_is_a_config_error(ca, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hub, "Hub", MustNotStart)
+    path = write_config(tmp_path, spoke_doc(ca, tmp_path))
+    assert main(["hub", "-c", str(path)]) == 2
+    assert "hub belongs in a spoke config" in capsys.readouterr().err
+
+
+def refuse(*a, **kw):
+    raise AssertionError("a device or socket was opened despite a TLS problem")
+
+
+@pytest.mark.parametrize("verb", ["hub", "spoke"])
+def test_node_with_a_key_that_does_not_match_exits_2_naming_tls_key(verb, ca, tmp_path, capsys,
+                                                                    monkeypatch):
+    for module, names in ((hub, ("listen",)), (spoke, ("connect",))):
+        for name in names:
+            monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(hub.Hub, "open_tap", refuse)
+    monkeypatch.setattr(spoke.Spoke, "open_tap", refuse)
+    doc = hub_doc(ca, tmp_path) if verb == "hub" else spoke_doc(ca, tmp_path)
+    doc["tls"]["key"] = str(ca / ("site-a.key" if verb == "hub" else "hub.key"))
+    path = write_config(tmp_path, doc)
+    assert main([verb, "-c", str(path)]) == 2
+    err = lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0].startswith(f"{path}: tls.key: ")
+    assert "does not match" in err[0]
+    assert not os.path.exists(doc["management"]["socket"])
+
+
+# -- status --------------------------------------------------------------------------
+
+
+def test_status_on_a_missing_socket(capsys):
+    assert main(["status", "-s", "/nonexistent.sock"]) == 1
+    captured = capsys.readouterr()
+    err = lines(captured.err)
+    assert len(err) == 1 and err[0].startswith("l2vpn: ") and "not found" in err[0]
+    assert captured.out == ""
+
+
+HUB_STATUS = {
+    "node": "hub", "role": "hub", "uptime_s": 3725.2, "listen": "0.0.0.0:7443",
+    "tap": {"name": "l2vpn0", "mac": "02:00:00:00:00:01", "mtu": 1500, "frames_in": 5,
+            "frames_out": 6, "bytes_in": 500, "bytes_out": 600, "drops": 0},
+    "sessions": [
+        {"node": "site-a", "cn": "site-a", "remote": "198.18.0.2:40000", "state": "up",
+         "uptime_s": 61.0, "frames_in": 10, "frames_out": 12, "bytes_in": 2048,
+         "bytes_out": 5 * 1024 * 1024, "drops": 3, "buffered_b": 0, "caps": 0},
+        {"node": "site-b", "cn": "site-b", "remote": "[2001:db8::2]:40001", "state": "up",
+         "uptime_s": 5.0, "frames_in": 0, "frames_out": 0, "bytes_in": 0, "bytes_out": 0,
+         "drops": 0, "buffered_b": 0, "caps": 0},
+    ],
+    "pending": 0,
+    "macs": [{"mac": "02:00:00:00:0a:01", "port": "site-a", "age_s": 1.25},
+             {"mac": "02:00:00:00:0b:01", "port": "site-b", "age_s": 0.0}],
+    "switch": {"entries": 2, "aging_s": 300.0, "counters": {}},
+}
+
+SPOKE_STATUS = {
+    "node": "site-a", "role": "spoke", "uptime_s": 12,
+    "sessions": [],
+    "hub": {"address": "198.18.0.1:7443", "state": "backoff", "next_attempt_s": 3.2,
+            "last_error": "cannot connect to 198.18.0.1:7443: Connection refused"},
+}
+
+
+def test_render_hub_status():
+    text = render_status(HUB_STATUS)
+    assert text.splitlines()[0] == "hub hub, up 1h02m"
+    assert "sessions (2)" in text and "mac table (2)" in text
+    for needle in ("site-a", "198.18.0.2:40000", "[2001:db8::2]:40001", "10/12",
+                   "2.0KiB/5.0MiB", "02:00:00:00:0a:01", "02:00:00:00:0b:01", "1.2s",
+                   "tap l2vpn0 02:00:00:00:00:01 mtu 1500"):
+        assert needle in text, needle
+    row = next(line for line in text.splitlines() if line.startswith("02:00:00:00:0a:01"))
+    assert row.split() == ["02:00:00:00:0a:01", "site-a", "1.2s"]
+
+
+def test_render_spoke_status():
+    text = render_status(SPOKE_STATUS)
+    assert text.splitlines()[0] == "spoke site-a, up 12s"
+    assert ("hub 198.18.0.1:7443: backoff, last error: cannot connect to 198.18.0.1:7443: "
+            "Connection refused") in text
+    assert "sessions (0)" in text and "mac table" not in text
+
+
+def test_render_error_reply():
+    assert render_status({"error": "unknown request 'x'"}) == "error: unknown request 'x'"
+
+
+def test_status_against_a_live_socket(tmp_path, capsys):
+    loop = EventLoop()
+    path = tmp_path / "hub.sock"
+    srv = ManagementServer(loop, path, lambda command: HUB_STATUS)
+    try:
+        assert call_in_thread(loop, lambda: main(["status", "-s", str(path)])) == 0
+        assert "sessions (2)" in capsys.readouterr().out
+        assert call_in_thread(loop, lambda: main(["status", "-s", str(path), "--json"])) == 0
+        assert yaml.safe_load(capsys.readouterr().out) == HUB_STATUS
+    finally:
+        srv.close()
+        loop.close()
+
+
+def test_status_takes_the_socket_from_a_config(ca, tmp_path, capsys):
+    loop = EventLoop()
+    path = write_config(tmp_path, spoke_doc(ca, tmp_path))
+    srv = ManagementServer(loop, tmp_path / "site-a.sock", lambda command: SPOKE_STATUS)
+    try:
+        assert call_in_thread(loop, lambda: main(["status", "-c", str(path)])) == 0
+        assert "spoke site-a" in capsys.readouterr().out
+    finally:
+        srv.close()
+        loop.close()
+
+
+def test_status_error_reply_exits_1(tmp_path, capsys):
+    loop = EventLoop()
+    path = tmp_path / "n.sock"
+    srv = ManagementServer(loop, path, lambda command: {"error": "boom"})
+    try:
+        assert call_in_thread(loop, lambda: main(["status", "-s", str(path)])) == 1
+        assert capsys.readouterr().out.strip() == "error: boom"
+    finally:
+        srv.close()
+        loop.close()
+
+
+def test_duration_and_size_formats():
+    assert [cli._duration(s) for s in (0, 59.9, 60, 3599, 3600, 90061)] == \
+        ["0s", "59s", "1m00s", "59m59s", "1h00m", "25h01m"]
+    assert [cli._size(n) for n in (0, 1023, 1024, 1536, 1024 ** 3, 5 * 1024 ** 4)] == \
+        ["0B", "1023B", "1.0KiB", "1.5KiB", "1.0GiB", "5120.0GiB"]

@@ -1,0 +1,256 @@
+"""Hub switching with fake ports: no sockets, no TAP, start() never called."""
+
+import json
+from pathlib import Path
+
+import pytest
+from fakes import FakeClock, FakePort, FakeSession
+
+from l2vpn.config import (
+    HubConfig,
+    KeepaliveConfig,
+    ListenConfig,
+    ManagementConfig,
+    SwitchConfig,
+    TLSConfig,
+)
+from l2vpn.frame import BROADCAST
+from l2vpn.hub import Hub
+from l2vpn.loop import EventLoop
+
+AGING_S = 60.0
+
+
+def mac(n: int) -> bytes:
+    return bytes([0x02, 0, 0, 0, 0, n])
+
+
+def eth(dst: bytes, src: bytes) -> bytes:
+    return dst + src + b"\x08\x00" + bytes(46)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def hub(tmp_path, clock):
+    cfg = HubConfig(
+        path=tmp_path / "hub.yaml",
+        node="hub",
+        listen=ListenConfig("127.0.0.1", 7443),
+        tls=TLSConfig(Path("ca.crt"), Path("hub.crt"), Path("hub.key")),
+        tap=None,
+        switch=SwitchConfig(aging_s=AGING_S, max_entries=1024),
+        management=ManagementConfig(socket=tmp_path / "hub.sock"),
+        keepalive=KeepaliveConfig(),
+    )
+    loop = EventLoop(clock=clock)
+    h = Hub(cfg, loop=loop)
+    yield h
+    loop.close()
+
+
+def with_ports(hub, *names, cls=FakePort):
+    ports = [cls(n) for n in names]
+    for p in ports:
+        hub.switch.add_port(p)
+    return ports
+
+
+# -- forwarding ----------------------------------------------------------------------
+
+
+def test_broadcast_reaches_every_port_but_the_ingress(hub):
+    a, b, c = with_ports(hub, "a", "b", "c")
+    f = eth(BROADCAST, mac(1))
+    hub._forward(a, f)
+    assert a.sent == [] and b.sent == [f] and c.sent == [f]
+
+
+def test_unknown_unicast_floods(hub):
+    a, b, c = with_ports(hub, "a", "b", "c")
+    f = eth(mac(9), mac(1))
+    hub._forward(b, f)
+    assert a.sent == [f] and b.sent == [] and c.sent == [f]
+
+
+def test_unicast_after_learning_reaches_one_port(hub):
+    a, b, c = with_ports(hub, "a", "b", "c")
+    hub._forward(b, eth(BROADCAST, mac(2)))         # mac 2 lives behind b
+    for p in (a, b, c):
+        p.sent.clear()
+    f = eth(mac(2), mac(1))
+    hub._forward(a, f)
+    assert a.sent == [] and b.sent == [f] and c.sent == []
+    reply = eth(mac(1), mac(2))
+    hub._forward(b, reply)
+    assert a.sent == [reply] and c.sent == []
+
+
+def test_learned_mac_ages_out_and_floods_again(hub, clock):
+    a, b, c = with_ports(hub, "a", "b", "c")
+    hub._forward(b, eth(BROADCAST, mac(2)))
+    clock.advance(AGING_S + 1)
+    hub._tick()                                     # no sessions: only ageing
+    assert len(hub.switch) == 0
+    c.sent.clear()
+    hub._forward(a, eth(mac(2), mac(1)))
+    assert len(c.sent) == 1
+
+
+def test_frames_from_an_unknown_port_or_too_short_are_dropped(hub):
+    a, b = with_ports(hub, "a", "b")
+    stranger = FakePort("stranger")
+    hub._forward(stranger, eth(BROADCAST, mac(1)))
+    hub._forward(a, b"\xff" * 13)
+    assert a.sent == [] and b.sent == []
+    assert hub.switch.counters["unknown_port"] == 1 and hub.switch.counters["runt"] == 1
+
+
+# -- backpressure --------------------------------------------------------------------
+
+
+def test_congested_single_destination_pauses_the_source(hub):
+    a, b, c = with_ports(hub, "a", "b", "c")
+    hub._forward(b, eth(BROADCAST, mac(2)))
+    b.congested = True
+    f = eth(mac(2), mac(1))
+    hub._forward(a, f)
+    assert b.sent[-1] == f                          # the frame still goes; the port caps it
+    assert a.pauses == 1 and a.paused
+    assert b.waiters == [a]
+    assert c.waiters == [] and b.pauses == 0
+
+
+def test_uncongested_destination_does_not_pause(hub):
+    a, b = with_ports(hub, "a", "b")
+    hub._forward(b, eth(BROADCAST, mac(2)))
+    hub._forward(a, eth(mac(2), mac(1)))
+    assert a.pauses == 0 and b.waiters == []
+
+
+def test_flooding_to_a_congested_port_does_not_pause(hub):
+    a, b, c = with_ports(hub, "a", "b", "c")
+    b.congested = True
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    assert a.pauses == 0 and b.waiters == [] and c.waiters == []
+    assert len(b.sent) == len(c.sent) == 1
+
+
+def test_single_port_flood_to_a_congested_port_pauses(hub):
+    a, b = with_ports(hub, "a", "b")               # a flood with one other port is one port
+    b.congested = True
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    assert a.pauses == 1 and b.waiters == [a]
+
+
+# -- sessions as ports ---------------------------------------------------------------
+
+
+def test_on_up_makes_a_session_a_port(hub):
+    s = FakeSession("site-a")
+    assert hub._on_up(s) is None
+    assert hub.sessions == {"site-a": s}
+    assert s in hub.switch.ports
+
+
+def test_on_up_refuses_a_hello_name_that_is_not_the_cn(hub):
+    s = FakeSession("site-a", name="site-b")
+    problem = hub._on_up(s)
+    assert "hello names node 'site-b'" in problem and "certificate CN is 'site-a'" in problem
+    assert hub.sessions == {} and s not in hub.switch.ports
+
+
+def test_a_newer_session_replaces_the_old_one(hub):
+    old, new = FakeSession("site-a"), FakeSession("site-a", remote="192.0.2.9:1")
+    hub._on_up(old)
+    hub._forward(old, eth(BROADCAST, mac(1)))
+    hub._on_up(new)
+    assert old.goodbyes == ["replaced by a newer session"]
+    assert hub.sessions == {"site-a": new}
+    assert old not in hub.switch.ports and hub.switch.lookup(mac(1), hub.loop.clock()) is None
+
+
+def test_on_close_drops_the_port_and_its_macs(hub):
+    s, t = FakeSession("site-a"), FakeSession("site-b")
+    hub._on_up(s)
+    hub._on_up(t)
+    hub._forward(s, eth(BROADCAST, mac(1)))
+    hub._on_close(s, "peer closed the connection")
+    assert hub.sessions == {"site-b": t}
+    assert s not in hub.switch.ports and len(hub.switch) == 0
+
+
+class FakeTLS:
+    def __init__(self, subject):
+        self.subject = subject
+
+    def getpeercert(self):
+        return {"subject": self.subject}
+
+
+def secured(subject) -> FakeSession:
+    s = FakeSession("unset")
+    s.cn = None
+    s.sock = FakeTLS(subject)
+    return s
+
+
+@pytest.mark.parametrize("cn, ok", [("site-a", True), ("bad name", False), ("-x", False)])
+def test_on_secure_checks_the_cn(hub, cn, ok):
+    s = secured(((("commonName", cn),),))
+    problem = hub._on_secure(s)
+    if ok:
+        assert problem is None and s.cn == cn
+    else:
+        assert "is not a valid node name" in problem and s.cn is None
+
+
+def test_on_secure_refuses_the_tap_port_name_when_the_hub_has_a_tap(hub):
+    hub.tap = FakePort("hub")
+    assert "name of the hub's own TAP port" in hub._on_secure(secured(((("commonName", "hub"),),)))
+
+
+@pytest.mark.parametrize("subject, held", [((), 0),
+                                            (((("commonName", "a"),), (("commonName", "b"),)), 2)],
+                         ids=["no-cn", "two-cns"])
+def test_on_secure_refuses_a_certificate_without_exactly_one_cn(hub, subject, held):
+    s = secured(subject)
+    problem = hub._on_secure(s)
+    assert problem.startswith("refused: ") and f"it holds {held}" in problem
+    assert s.cn is None
+
+
+# -- status --------------------------------------------------------------------------
+
+
+def test_status_lists_node_sessions_and_macs(hub, clock):
+    a = with_ports(hub, "a")[0]
+    s = FakeSession("site-b")
+    hub._on_up(s)
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    hub._forward(s, eth(BROADCAST, mac(2)))
+    clock.advance(2.5)
+    st = hub.status()
+    assert st["node"] == "hub" and st["role"] == "hub"
+    assert st["listen"] == "127.0.0.1:7443"
+    assert [x["cn"] for x in st["sessions"]] == ["site-b"]
+    assert st["macs"] == [
+        {"mac": "02:00:00:00:00:01", "port": "a", "age_s": 2.5},
+        {"mac": "02:00:00:00:00:02", "port": "site-b", "age_s": 2.5},
+    ]
+    assert st["switch"]["entries"] == 2 and st["switch"]["counters"]["learned"] == 2
+    assert json.loads(json.dumps(st)) == st
+
+
+def test_status_sessions_are_sorted_by_cn(hub):
+    for cn in ("site-c", "site-a", "site-b"):
+        hub._on_up(FakeSession(cn))
+    assert [x["cn"] for x in hub.status()["sessions"]] == ["site-a", "site-b", "site-c"]
+
+
+def test_request_status_and_unknown(hub):
+    assert hub._request("status")["node"] == "hub"
+    assert "unknown request" in hub._request("reboot")["error"]

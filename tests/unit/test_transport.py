@@ -1,0 +1,421 @@
+"""Session over real loopback TCP and real TLS 1.3, driven by a real EventLoop."""
+
+import random
+import select
+import socket
+import ssl
+import struct
+import threading
+
+import pytest
+from fakes import FakePort, run_bounded, run_until
+
+from l2vpn import pki, transport, wire
+from l2vpn.config import TLSConfig
+from l2vpn.errors import TransportError
+from l2vpn.loop import READ, EventLoop
+from l2vpn.transport import Session
+
+SNAPSHOT_KEYS = {"node", "cn", "remote", "state", "uptime_s", "frames_in", "frames_out",
+                 "bytes_in", "bytes_out", "drops"}
+
+
+# -- certificates and contexts (made once) -------------------------------------------
+
+
+def tls_for(directory, name, ca_dir=None):
+    return TLSConfig(ca=(ca_dir or directory) / "ca.crt", cert=directory / f"{name}.crt",
+                     key=directory / f"{name}.key")
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    good = tmp_path_factory.mktemp("pki")
+    pki.init_ca(good)
+    pki.issue(good, "hub", "hub")
+    pki.issue(good, "site-a", "spoke")
+    rogue = tmp_path_factory.mktemp("rogue-pki")
+    pki.init_ca(rogue, common_name="someone else's CA")
+    pki.issue(rogue, "site-a", "spoke")
+    return {
+        "hub": pki.hub_context(tls_for(good, "hub")),
+        "spoke": pki.spoke_context(tls_for(good, "site-a"), None),
+        # trusts our CA (so it accepts the hub) but shows a certificate from another CA
+        "rogue": pki.spoke_context(tls_for(rogue, "site-a", ca_dir=good), None),
+    }
+
+
+@pytest.fixture
+def loop():
+    lp = EventLoop()
+    yield lp
+    lp.close()
+
+
+class Link:
+    """A server-side Session (accepted) and optionally a client-side one, with callback logs."""
+
+    def __init__(self, loop, server_ctx, client_ctx=None, server_up_problem=None):
+        self.loop = loop
+        self.server_ctx = server_ctx
+        self.server_up_problem = server_up_problem
+        self.listener = transport.listen("127.0.0.1", 0)
+        self.port = self.listener.getsockname()[1]
+        self.server = self.client = None
+        self.frames = {"server": [], "client": []}
+        self.ups = {}
+        self.cns = {}
+        self.closes = []
+        loop.watch(self.listener, READ, self._accept)
+        if client_ctx is not None:
+            sock, remote = transport.connect("127.0.0.1", self.port)
+            self.client = self._session("client", sock, remote, client_ctx, False, "site-a")
+
+    def _session(self, side, sock, remote, context, server_side, node):
+        def on_secure(s):
+            s.cn = self.cns[side] = pki.peer_common_name(s.sock)
+
+        def on_up(s):
+            self.ups[side] = s.name
+            return self.server_up_problem if server_side else None
+
+        return Session(self.loop, sock, remote, context=context, server_side=server_side,
+                       node=node, mtu=1500, on_secure=on_secure, on_up=on_up,
+                       on_frame=lambda s, data: self.frames[side].append(data),
+                       on_close=lambda s, reason: self.closes.append((side, reason)))
+
+    def _accept(self, _mask):
+        sock, addr = self.listener.accept()
+        sock.setblocking(False)
+        self.loop.forget(self.listener)
+        self.server = self._session("server", sock, transport.format_addr(addr),
+                                    self.server_ctx, True, "hub")
+
+    def reason(self, side):
+        found = [r for s, r in self.closes if s == side]
+        return found[0] if found else None
+
+    def up(self):
+        return (self.server is not None and self.client is not None
+                and self.server.state == self.client.state == "up")
+
+    def close(self):
+        for s in (self.server, self.client):
+            if s is not None:
+                s.close("test over")
+        self.loop.forget(self.listener)
+        self.listener.close()
+
+
+@pytest.fixture
+def make_link(loop):
+    links = []
+
+    def make(*args, **kw):
+        link = Link(loop, *args, **kw)
+        links.append(link)
+        return link
+
+    yield make
+    for link in links:
+        link.close()
+
+
+@pytest.fixture
+def link(loop, ctx, make_link):
+    """A hub-side and a spoke-side session, both up."""
+    lk = make_link(ctx["hub"], ctx["spoke"])
+    run_until(loop, lk.up, what="both sessions up")
+    return lk
+
+
+def numbered(seq: int, size: int, rng: random.Random) -> bytes:
+    return struct.pack(">I", seq) + rng.randbytes(size - 4)
+
+
+# -- listening -----------------------------------------------------------------------
+
+
+def test_listen_on_a_port_in_use_is_one_clear_error():
+    first = transport.listen("127.0.0.1", 0)
+    try:
+        port = first.getsockname()[1]
+        with pytest.raises(TransportError, match="already in use"):
+            transport.listen("127.0.0.1", port)
+    finally:
+        first.close()
+
+
+def test_listen_on_a_foreign_address_says_so():
+    with pytest.raises(TransportError, match="no interface has that address"):
+        transport.listen("192.0.2.254", 0)
+
+
+def test_format_addr():
+    assert transport.format_addr(("127.0.0.1", 7443)) == "127.0.0.1:7443"
+    assert transport.format_addr(("::1", 7443, 0, 0)) == "[::1]:7443"
+
+
+# -- coming up -----------------------------------------------------------------------
+
+
+def test_both_sides_come_up_and_know_each_other(link):
+    assert link.ups == {"server": "site-a", "client": "hub"}
+    assert link.cns == {"server": "site-a", "client": "hub"}
+    assert link.server.cn == "site-a" and link.client.cn == "hub"
+    assert link.server.peer == wire.Hello(1, "site-a", 1500, 0)
+    assert link.client.peer.node == "hub"
+    assert link.server.up_since is not None and link.client.up_since is not None
+    assert link.closes == []
+
+
+def test_snapshot_has_the_documented_keys(link, loop):
+    link.client.send_frame(bytes(60))
+    run_until(loop, lambda: link.frames["server"], what="one frame")
+    snap = link.server.snapshot(loop.clock() + 2.0)
+    assert SNAPSHOT_KEYS <= set(snap)
+    assert snap["node"] == "site-a" and snap["cn"] == "site-a"
+    assert snap["remote"].startswith("127.0.0.1:")
+    assert snap["state"] == "up"
+    assert snap["uptime_s"] >= 2.0
+    assert (snap["frames_in"], snap["bytes_in"], snap["frames_out"], snap["drops"]) == (1, 60, 0, 0)
+    client = link.client.snapshot(loop.clock())
+    assert client["remote"] == f"127.0.0.1:{link.port}"
+    assert (client["frames_out"], client["bytes_out"]) == (1, 60)
+
+
+# -- frames --------------------------------------------------------------------------
+
+
+def test_frames_both_ways_arrive_intact_and_in_order(link, loop):
+    rng = random.Random(1)
+    up = [numbered(i, rng.randint(14, 1514), rng) for i in range(50)]
+    down = [numbered(i, rng.randint(14, 1514), rng) for i in range(50)]
+    for a, b in zip(up, down):
+        link.client.send_frame(a)
+        link.server.send_frame(b)
+    run_until(loop, lambda: len(link.frames["server"]) == 50 and len(link.frames["client"]) == 50,
+              what="50 frames each way")
+    assert link.frames["server"] == up
+    assert link.frames["client"] == down
+
+
+def test_many_frames_sent_in_one_pass_arrive(link, loop):
+    rng = random.Random(2)
+    frames = [numbered(i, rng.randint(14, 1514), rng) for i in range(2000)]
+
+    buffered = []
+
+    def burst():
+        for f in frames:
+            link.client.send_frame(f)
+        buffered.append(link.client.buffered)
+
+    loop.call_later(0, burst)
+    run_until(loop, lambda: len(link.frames["server"]) >= 2000, what="2000 frames")
+    assert buffered[0] > transport.READ_BUDGET_B     # all queued before one flush
+    assert link.frames["server"] == frames
+    total = sum(map(len, frames))
+    assert (link.client.frames_out, link.client.bytes_out) == (2000, total)
+    assert (link.server.frames_in, link.server.bytes_in) == (2000, total)
+    assert link.client.drops == link.server.drops == 0
+
+
+def test_a_60_kib_frame(link, loop):
+    big = random.Random(3).randbytes(60 * 1024)
+    link.server.send_frame(big)
+    run_until(loop, lambda: link.frames["client"], what="the big frame")
+    assert link.frames["client"] == [big]
+
+
+def test_keepalive_is_accepted(link, loop):
+    seen = []
+    events = link.server.conn.events
+
+    def recording():
+        out = events()
+        seen.extend(out)
+        return out
+
+    link.server.conn.events = recording
+    link.client.send_keepalive()
+    run_until(loop, lambda: wire.Keepalive() in seen, what="the keepalive")
+    link.client.send_frame(bytes(64))
+    run_until(loop, lambda: link.frames["server"], what="a frame after the keepalive")
+    assert link.server.state == "up" and link.closes == []
+
+
+def test_frames_are_dropped_and_counted_when_not_up(link):
+    link.client.close("done")
+    link.client.send_frame(bytes(64))
+    link.client.send_keepalive()
+    assert link.client.drops == 1 and link.client.frames_out == 0
+
+
+# -- ending --------------------------------------------------------------------------
+
+
+def test_goodbye_closes_both_sides_with_the_reason(link, loop):
+    link.client.goodbye("maintenance")
+    assert link.client.state == "closed"
+    assert link.reason("client") == "goodbye: maintenance"
+    run_until(loop, lambda: link.reason("server"), what="the server to close")
+    assert link.reason("server") == "peer said goodbye (maintenance)"
+    assert [side for side, _ in link.closes] == ["client", "server"]
+
+
+def test_peer_closing_the_tcp_connection(link, loop):
+    link.client.close("just gone")
+    run_until(loop, lambda: link.reason("server"), what="the server to close")
+    assert link.reason("server") == "peer closed the connection"
+
+
+def test_on_up_problem_closes_with_it_and_the_peer_hears_a_goodbye(loop, ctx, make_link):
+    lk = make_link(ctx["hub"], ctx["spoke"], server_up_problem="refused: not today")
+    run_until(loop, lambda: lk.reason("server") and lk.reason("client"), what="both to close")
+    assert lk.reason("server") == "refused: not today"
+    assert lk.reason("client") == "peer said goodbye (refused: not today)"
+    assert lk.server.up_since is None
+
+
+def test_garbage_after_the_hellos_is_a_protocol_violation(link, loop):
+    link.client.sock.send(b"\xee" + bytes(7))       # raw bytes inside TLS
+    run_until(loop, lambda: link.reason("server") and link.reason("client"),
+              what="both to close")
+    assert link.reason("server") == "protocol violation: unknown record type 0xee"
+    assert link.reason("client") == "peer said goodbye (unknown record type 0xee)"
+
+
+def test_plain_tls_client_sending_garbage_is_a_protocol_violation(loop, ctx, make_link):
+    lk = make_link(ctx["hub"])
+    heard = []
+
+    def client():
+        with socket.create_connection(("127.0.0.1", lk.port), timeout=5) as raw:
+            with ctx["spoke"].wrap_socket(raw) as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                try:
+                    while chunk := tls.recv(4096):
+                        heard.append(chunk)
+                except (ssl.SSLError, OSError):
+                    pass
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    try:
+        run_until(loop, lambda: lk.reason("server"), what="the server to close")
+    finally:
+        t.join(5)
+    assert not t.is_alive()
+    assert lk.reason("server").startswith("protocol violation: ")
+    # the client heard our hello and then a goodbye naming the fault
+    conn = wire.Connection("probe", 1500)
+    conn.hello()
+    conn.receive_data(b"".join(heard))
+    events = conn.events()
+    assert isinstance(events[0], wire.Hello) and events[0].node == "hub"
+    assert isinstance(events[-1], wire.Goodbye) and "unknown record type 0x47" in events[-1].reason
+
+
+def test_handshake_timeout(loop, ctx, make_link, monkeypatch):
+    monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT_S", 0.05)
+    lk = make_link(ctx["hub"])
+    with socket.create_connection(("127.0.0.1", lk.port), timeout=5):   # never speaks TLS
+        run_until(loop, lambda: lk.reason("server"), what="the handshake timeout")
+    assert lk.reason("server").startswith("no handshake within")
+    assert lk.server.state == "closed"
+
+
+def test_client_certificate_from_another_ca_is_refused(loop, ctx, make_link):
+    lk = make_link(ctx["hub"], ctx["rogue"])
+    run_until(loop, lambda: lk.reason("server") and lk.reason("client"), what="both to close")
+    assert lk.reason("server").startswith("handshake refused")
+    assert lk.ups == {}
+    assert lk.client.state == "closed" and lk.client.up_since is None
+    # normally the hub's alert ("hub refused us: tlsv1 alert unknown ca"); a reset may win
+    assert lk.reason("client").startswith(("hub refused us: ", "connection lost"))
+
+
+def test_server_with_a_certificate_from_another_ca_is_refused(loop, ctx, make_link, tmp_path):
+    pki.init_ca(tmp_path)
+    pki.issue(tmp_path, "hub", "hub")
+    lk = make_link(pki.hub_context(tls_for(tmp_path, "hub")), ctx["spoke"])
+    run_until(loop, lambda: lk.reason("client"), what="the client to refuse")
+    assert lk.reason("client").startswith("handshake refused: certificate verify failed")
+    assert lk.ups == {}
+
+
+# -- backpressure --------------------------------------------------------------------
+
+
+def test_backpressure_pauses_and_resumes_the_source(link, loop, monkeypatch):
+    monkeypatch.setattr(transport, "HIGH_WATER_B", 64 * 1024)
+    monkeypatch.setattr(transport, "LOW_WATER_B", 16 * 1024)
+    rng = random.Random(4)
+    sent = []
+    source = FakePort("tap")
+    link.server.pause()
+
+    def pump():
+        # Checked at the start of a pass, after the last pass flushed what it could.
+        if link.client.congested:
+            loop.stop()
+            return
+        for _ in range(64):
+            f = numbered(len(sent), 1500, rng)
+            link.client.send_frame(f)
+            sent.append(f)
+        loop.call_later(0, pump)
+
+    loop.call_later(0, pump)
+    run_bounded(loop, timeout_s=10)
+    assert link.client.congested
+    link.client.add_waiter(source)
+    loop.call_later(0.02, loop.stop)                 # a few passes with the reader paused
+    loop.run()
+    assert link.client.congested and source.resumes == 0
+    received_while_paused = len(link.frames["server"])
+    assert received_while_paused < len(sent)
+
+    link.server.resume()
+    run_until(loop, lambda: len(link.frames["server"]) == len(sent), timeout_s=10,
+              what="every frame after resume")
+    assert source.resumes == 1
+    assert link.client.waiters == set()
+    assert link.client.buffered < transport.LOW_WATER_B and not link.client.congested
+    assert link.frames["server"] == sent
+    assert link.client.drops == 0
+
+
+def test_closing_a_session_resumes_its_waiters(link):
+    source = FakePort("tap")
+    link.client.add_waiter(source)
+    link.client.close("gone")
+    assert source.resumes == 1
+
+
+def test_frames_past_the_hard_cap_are_dropped_and_counted(link, loop, monkeypatch):
+    monkeypatch.setattr(transport, "HARD_CAP_B", 100_000)
+    frame = bytes(1000)
+    for _ in range(200):                              # one pass: nothing is flushed yet
+        link.client.send_frame(frame)
+    c = link.client
+    assert c.drops > 0 and c.frames_out + c.drops == 200
+    assert c.buffered <= 100_000 + wire.HEADER_LEN + len(frame)
+    assert c.bytes_out == c.frames_out * len(frame)
+    run_until(loop, lambda: len(link.frames["server"]) == c.frames_out, what="the kept frames")
+    assert c.snapshot(loop.clock())["drops"] == c.drops
+
+
+# -- closing on a dead connection ----------------------------------------------------
+
+
+def test_close_with_goodbye_on_a_reset_connection_reports_once(link, loop):
+    client_sock = link.client.sock
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    loop.forget(client_sock)
+    client_sock.close()                                # RST
+    readable, _, _ = select.select([link.server.sock], [], [], 5)
+    assert readable
+    link.server.close("peer silent for 20 s", goodbye="timeout")
+    assert [r for side, r in link.closes if side == "server"] == ["peer silent for 20 s"]
