@@ -5,7 +5,6 @@ kernel sends no ND/MLD noise through the TAP) and always moves it back and remov
 namespace. Sockets and TAPs opened meanwhile stay in that namespace.
 """
 
-import ctypes
 import ipaddress
 import itertools
 import os

@@ -28,13 +28,9 @@ def keep_logging():
     ours.setLevel(saved[2])
 
 
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
-    pki.init_ca(d)
-    pki.issue(d, "hub", "hub")
-    pki.issue(d, "site-a", "spoke")
-    return d
+@pytest.fixture
+def ca(pki_dir):
+    return pki_dir
 
 
 def write_config(tmp_path, doc, name="node.yaml"):

@@ -10,13 +10,6 @@ from l2vpn.loop import READ, WRITE, EventLoop
 
 
 @pytest.fixture
-def loop():
-    lp = EventLoop()
-    yield lp
-    lp.close()
-
-
-@pytest.fixture
 def pair():
     a, b = socket.socketpair()
     a.setblocking(False)

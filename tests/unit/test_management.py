@@ -7,15 +7,7 @@ import pytest
 from fakes import call_in_thread
 
 from l2vpn.errors import L2VPNError, TransportError
-from l2vpn.loop import EventLoop
 from l2vpn.management import ManagementServer, query
-
-
-@pytest.fixture
-def loop():
-    lp = EventLoop()
-    yield lp
-    lp.close()
 
 
 @pytest.fixture

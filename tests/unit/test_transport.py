@@ -13,7 +13,7 @@ from fakes import FakePort, run_bounded, run_until
 from l2vpn import pki, transport, wire
 from l2vpn.config import TLSConfig
 from l2vpn.errors import TransportError
-from l2vpn.loop import READ, EventLoop
+from l2vpn.loop import READ
 from l2vpn.transport import Session
 
 SNAPSHOT_KEYS = {"node", "cn", "remote", "state", "uptime_s", "frames_in", "frames_out",
@@ -29,11 +29,8 @@ def tls_for(directory, name, ca_dir=None):
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
-    good = tmp_path_factory.mktemp("pki")
-    pki.init_ca(good)
-    pki.issue(good, "hub", "hub")
-    pki.issue(good, "site-a", "spoke")
+def ctx(tmp_path_factory, pki_dir):
+    good = pki_dir
     rogue = tmp_path_factory.mktemp("rogue-pki")
     pki.init_ca(rogue, common_name="someone else's CA")
     pki.issue(rogue, "site-a", "spoke")
@@ -43,13 +40,6 @@ def ctx(tmp_path_factory):
         # trusts our CA (so it accepts the hub) but shows a certificate from another CA
         "rogue": pki.spoke_context(tls_for(rogue, "site-a", ca_dir=good), None),
     }
-
-
-@pytest.fixture
-def loop():
-    lp = EventLoop()
-    yield lp
-    lp.close()
 
 
 class Link:

@@ -1,0 +1,23 @@
+"""Fixtures the unit tests share: an event loop, and a small CA with a hub and a spoke."""
+
+import pytest
+
+from l2vpn import pki
+from l2vpn.loop import EventLoop
+
+
+@pytest.fixture
+def loop():
+    lp = EventLoop()
+    yield lp
+    lp.close()
+
+
+@pytest.fixture(scope="session")
+def pki_dir(tmp_path_factory):
+    """ca.crt/.key, hub.crt/.key (role hub) and site-a.crt/.key (role spoke)."""
+    d = tmp_path_factory.mktemp("pki")
+    pki.init_ca(d)
+    pki.issue(d, "hub", "hub")
+    pki.issue(d, "site-a", "spoke")
+    return d
