@@ -16,6 +16,7 @@ pytestmark = pytest.mark.netns
 
 BLOCK = os.urandom(1 << 20)
 HUB_RSS_LIMIT_KB = 200 * 1024
+MAX_PING_LOSS_PCT = 1.0
 
 
 def _rss_kb(pid: int) -> int:
@@ -104,7 +105,9 @@ def soak(lab, duration_s):
                      interval_s=0.2)
     for s in streams:
         s.join(duration_s + 60)
-    assert pings.ok, f"pings under load: {pings}"
+    # The streams saturate the path, and a saturated switch port drops (the TAP's kernel
+    # queue overflows while its reader waits on a backed-up session): a ping may be lost.
+    assert pings.received and pings.loss_pct <= MAX_PING_LOSS_PCT, f"pings under load: {pings}"
     after = lab.sessions("hub")
     assert sorted(after) == sorted(before)
     for name, s in after.items():
