@@ -38,6 +38,11 @@ HIGH_WATER_B = 1024 * 1024
 LOW_WATER_B = 256 * 1024
 HARD_CAP_B = 8 * 1024 * 1024
 
+# One receive buffer for every session: a process runs one loop in one thread, and each
+# read is copied into its session's decoder before the next read starts.
+_READ_BUF = bytearray(READ_CHUNK_B)
+_READ_VIEW = memoryview(_READ_BUF)
+
 CONNECTING = "connecting"
 HANDSHAKE = "handshake"
 HELLO = "hello"
@@ -124,8 +129,6 @@ class Session:
         self._closing = False
         self._want_write = False
         self.waiters = set()
-        self._rbuf = bytearray(READ_CHUNK_B)
-        self._rview = memoryview(self._rbuf)
         self.sock = sock
         self._deadline = loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
         if server_side:
@@ -194,12 +197,12 @@ class Session:
             self._read()
 
     def _read(self, _mask=None):
-        sock, conn, view = self.sock, self.conn, self._rview
+        sock, conn, buf, view = self.sock, self.conn, _READ_BUF, _READ_VIEW
         got = 0
         eof = False
         while True:
             try:
-                n = sock.recv_into(self._rbuf)
+                n = sock.recv_into(buf)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLWantWriteError:
