@@ -7,22 +7,21 @@ until that destination drains, so a fast sender slows down instead of filling me
 """
 
 import logging
-import re
 
 from l2vpn import pki
+from l2vpn.config import NODE_NAME
 from l2vpn.errors import PKIError
 from l2vpn.frame import format_mac
 from l2vpn.logs import RateLimitedLog
 from l2vpn.node import Node
 from l2vpn.loop import READ
 from l2vpn.switch import SwitchTable
-from l2vpn.transport import Session, format_addr, listen
+from l2vpn.transport import CLOSED, Session, format_addr, listen
 
 log = logging.getLogger("l2vpn.hub")
 
 HUB_PORT = "hub"
 ACCEPT_BUDGET = 64
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class Hub(Node):
@@ -62,7 +61,7 @@ class Hub(Node):
                 self.loop, sock, format_addr(addr), context=self.context, server_side=True,
                 node=self.cfg.node, mtu=self._mtu(), on_secure=self._on_secure,
                 on_up=self._on_up, on_frame=self._forward, on_close=self._on_close)
-            if session.state != "closed":
+            if session.state != CLOSED:
                 self.pending.add(session)
 
     def _mtu(self) -> int:
@@ -73,7 +72,7 @@ class Hub(Node):
             cn = pki.peer_common_name(session.sock)
         except PKIError as e:
             return f"refused: {e}"
-        if not cn or not NAME_RE.match(cn):
+        if not NODE_NAME.fullmatch(cn):
             return f"refused: certificate CN {cn!r} is not a valid node name"
         if cn == HUB_PORT and self.tap is not None:
             return f"refused: CN {cn!r} is the name of the hub's own TAP port"

@@ -13,10 +13,10 @@ from l2vpn import tap as tapdev
 from l2vpn.frame import format_mac
 from l2vpn.loop import READ, EventLoop
 from l2vpn.management import ManagementServer
+from l2vpn.transport import UP
 
 log = logging.getLogger("l2vpn.node")
 
-TAP_READ_B = 65536 + 1024
 TAP_BUDGET = 256
 TICK_S = 1.0
 
@@ -38,12 +38,12 @@ class TapPort:
         loop.watch(self.fd, READ, self._on_readable)
 
     def _on_readable(self, _mask):
-        fd, on_frame, read = self.fd, self.on_frame, os.read
+        fd, on_frame, read, size = self.fd, self.on_frame, os.read, self.device.read_size
         for _ in range(TAP_BUDGET):
             if self._paused:
                 return
             try:
-                frame = read(fd, TAP_READ_B)
+                frame = read(fd, size)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -163,7 +163,7 @@ class Node:
     def check_session_health(self, session, now) -> None:
         """Keepalives out; drop a peer that is silent or does not read for timeout_s."""
         ka = self.cfg.keepalive
-        if session.state != "up":
+        if session.state != UP:
             return
         if not session.paused and now - session.last_rx > ka.timeout_s:
             session.close(f"peer silent for {now - session.last_rx:.0f} s", goodbye="timeout")
