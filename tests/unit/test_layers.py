@@ -10,11 +10,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "l2vpn"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
 
-PURE = ("frame", "wire", "switch", "errors")
+PURE = ("frame", "wire", "switch", "offload", "errors")
 PURE_MAY_IMPORT = {"frame", "errors"}
 FORBIDDEN_IN_PURE = {"socket", "ssl", "fcntl", "threading", "time", "selectors", "pyroute2",
                      "scapy", "os", "asyncio", "subprocess", "signal"}
-LOW = ("frame", "errors", "wire", "switch", "config")
+LOW = ("frame", "errors", "wire", "switch", "offload", "config")
 HIGH = {"tap", "transport", "hub", "spoke", "node", "management", "cli", "loop"}
 
 
