@@ -43,12 +43,14 @@ class TapConfig:
     address: IPInterface | None = None
     bridge: str | None = None
     mac: bytes | None = None  # None: derived later from the node name
+    offload: bool = True  # IFF_VNET_HDR + TUNSETOFFLOAD: GSO super-frames from the kernel
 
 
 @dataclass(frozen=True)
 class ListenConfig:
     address: str = "0.0.0.0"
     port: int = DEFAULT_PORT
+    offload: bool = True  # offer CAP_VNET_HDR to spokes: carry super-frames whole
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class HubEndpoint:
     address: str
     port: int = DEFAULT_PORT
     server_name: str | None = None  # None: trust any hub certificate our CA issued
+    offload: bool = True  # offer CAP_VNET_HDR to the hub: carry super-frames whole
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,12 @@ def interface_address(value, base) -> IPInterface:
         raise Invalid(expected) from None
 
 
+def boolean(value, base) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid("true or false")
+    return value
+
+
 def unicast_mac(value, base) -> bytes:
     expected = 'a quoted unicast MAC like "02:00:00:00:00:01"'
     if not isinstance(value, str) or not re.fullmatch(r"[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}", value):
@@ -275,14 +284,19 @@ TOP_KEYS: tuple[Key, ...] = (Key("node", node_name, required=True),)
 SECTIONS: tuple[Section, ...] = (
     Section(
         "listen",
-        (Key("address", ip_literal), Key("port", PORT)),
+        (Key("address", ip_literal), Key("port", PORT), Key("offload", boolean)),
         ListenConfig,
         roles=frozenset({"hub"}),
         default=lambda top: ListenConfig(),
     ),
     Section(
         "hub",
-        (Key("address", host, required=True), Key("port", PORT), Key("server_name", host)),
+        (
+            Key("address", host, required=True),
+            Key("port", PORT),
+            Key("server_name", host),
+            Key("offload", boolean),
+        ),
         HubEndpoint,
         roles=frozenset({"spoke"}),
         required_in=frozenset({"spoke"}),
@@ -301,6 +315,7 @@ SECTIONS: tuple[Section, ...] = (
             Key("address", interface_address),
             Key("bridge", ifname),
             Key("mac", unicast_mac),
+            Key("offload", boolean),
         ),
         TapConfig,
         required_in=frozenset({"spoke"}),

@@ -2,7 +2,8 @@
 
 Every session that finished its hello is a switch port named after its certificate CN;
 the hub's own TAP, when configured, is the port named `hub`. The switch table decides,
-the ports carry. When a frame's one destination is backed up, the source is paused
+the ports carry; frames are in vnet form (virtio-net header first) and each port turns
+them into what its far side takes. When a frame's one destination is backed up, the source is paused
 until that destination drains, so a fast sender slows down instead of filling memory.
 """
 
@@ -15,8 +16,10 @@ from l2vpn.frame import format_mac
 from l2vpn.logs import RateLimitedLog
 from l2vpn.node import Node
 from l2vpn.loop import READ
+from l2vpn.offload import VNET_HDR_LEN
 from l2vpn.switch import SwitchTable
 from l2vpn.transport import CLOSED, Session, format_addr, listen
+from l2vpn.wire import CAP_VNET_HDR
 
 log = logging.getLogger("l2vpn.hub")
 
@@ -59,7 +62,8 @@ class Hub(Node):
             sock.setblocking(False)
             session = Session(
                 self.loop, sock, format_addr(addr), context=self.context, server_side=True,
-                node=self.cfg.node, mtu=self._mtu(), on_secure=self._on_secure,
+                node=self.cfg.node, mtu=self._mtu(),
+                caps=CAP_VNET_HDR if self.cfg.listen.offload else 0, on_secure=self._on_secure,
                 on_up=self._on_up, on_frame=self._forward, on_close=self._on_close)
             if session.state != CLOSED:
                 self.pending.add(session)
@@ -69,7 +73,7 @@ class Hub(Node):
 
     def _on_secure(self, session):
         try:
-            cn = pki.peer_common_name(session.sock)
+            cn = pki.peer_common_name(session.tls)
         except PKIError as e:
             return f"refused: {e}"
         if not NODE_NAME.fullmatch(cn):
@@ -95,7 +99,8 @@ class Hub(Node):
         self.pending.discard(session)
         self.sessions[session.cn] = session
         self.switch.add_port(session)
-        log.info("spoke %s up from %s", session.cn, session.remote)
+        log.info("spoke %s up from %s (%s)", session.cn, session.remote,
+                 "super-frames carried whole" if session.vnet else "plain frames")
         return None
 
     def _on_close(self, session, reason):
@@ -110,7 +115,7 @@ class Hub(Node):
 
     # -- data path -------------------------------------------------------------------
     def _forward(self, source, frame):
-        ports = self.switch.decide(frame, source, self.loop.clock())
+        ports = self.switch.decide(frame, source, self.loop.clock(), VNET_HDR_LEN)
         for port in ports:
             port.send_frame(frame)
         if len(ports) == 1:

@@ -11,6 +11,8 @@ import signal
 
 from l2vpn import tap as tapdev
 from l2vpn.frame import format_mac
+from l2vpn.logs import RateLimitedLog
+from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, OffloadError, needs_work, to_plain
 from l2vpn.loop import READ, EventLoop
 from l2vpn.management import ManagementServer
 from l2vpn.transport import UP
@@ -22,7 +24,13 @@ TICK_S = 1.0
 
 
 class TapPort:
-    """The local TAP as a switch port: reads feed `on_frame`, writes go straight to the kernel."""
+    """The local TAP as a switch port: reads feed `on_frame`, writes go straight to the kernel.
+
+    Frames inside a node always lead with a virtio-net header. A TAP opened with it passes
+    super-frames both ways untouched (the kernel segments what it is given); a plain TAP
+    gets a zero header added to what it reads and has super-frames and partial checksums
+    finished in software before they are written.
+    """
 
     congested = False
 
@@ -31,14 +39,17 @@ class TapPort:
         self.device = device
         self.name = name
         self.fd = device.fd
+        self.vnet = device.vnet_hdr
         self.on_frame = on_frame
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
-        self.drops = 0
+        self.drops = self.soft_offloads = self.offload_errors = 0
         self._paused = False
+        self._errors = RateLimitedLog(log)
         loop.watch(self.fd, READ, self._on_readable)
 
     def _on_readable(self, _mask):
         fd, on_frame, read, size = self.fd, self.on_frame, os.read, self.device.read_size
+        plain = not self.vnet
         for _ in range(TAP_BUDGET):
             if self._paused:
                 return
@@ -51,9 +62,27 @@ class TapPort:
                 return
             self.frames_in += 1
             self.bytes_in += len(frame)
-            on_frame(self, frame)
+            on_frame(self, PLAIN_HDR + frame if plain else frame)
 
     def send_frame(self, frame) -> None:
+        """Write one frame (vnet form); a plain TAP gets it segmented and checksummed."""
+        if self.vnet:
+            self._write(frame)
+        elif needs_work(frame):
+            try:
+                frames = to_plain(frame)
+            except OffloadError as e:
+                self.offload_errors += 1
+                self._errors.warning("offload", "TAP %s: dropped a frame that cannot be "
+                                     "segmented: %s", self.device.name, e)
+                return
+            self.soft_offloads += 1
+            for f in frames:
+                self._write(f)
+        else:
+            self._write(memoryview(frame)[VNET_HDR_LEN:])
+
+    def _write(self, frame) -> None:
         try:
             os.write(self.fd, frame)
         except OSError:
@@ -78,7 +107,9 @@ class TapPort:
         return {"name": self.device.name, "mac": format_mac(self.device.mac),
                 "mtu": self.device.mtu, "frames_in": self.frames_in,
                 "frames_out": self.frames_out, "bytes_in": self.bytes_in,
-                "bytes_out": self.bytes_out, "drops": self.drops}
+                "bytes_out": self.bytes_out, "drops": self.drops,
+                "offload": self.device.offloads != 0, "soft_offloads": self.soft_offloads,
+                "offload_errors": self.offload_errors}
 
     def close(self):
         self.loop.forget(self.fd)
@@ -102,11 +133,12 @@ class Node:
     def open_tap(self, tap_cfg, port_name, on_frame) -> TapPort:
         mac = tap_cfg.mac or tapdev.derive_mac(self.cfg.node, tap_cfg.name)
         device = tapdev.Tap.open(tap_cfg.name, mtu=tap_cfg.mtu, mac=mac,
-                                 address=tap_cfg.address, bridge=tap_cfg.bridge)
+                                 address=tap_cfg.address, bridge=tap_cfg.bridge,
+                                 vnet_hdr=tap_cfg.offload)
         port = TapPort(self.loop, device, port_name, on_frame)
         self._closers.append(port.close)
-        log.info("TAP %s up: mtu %d, mac %s%s%s", device.name, device.mtu,
-                 format_mac(device.mac),
+        log.info("TAP %s up: mtu %d, mac %s, offloads %s%s%s", device.name, device.mtu,
+                 format_mac(device.mac), tapdev.describe_offloads(device.offloads),
                  f", address {tap_cfg.address}" if tap_cfg.address else "",
                  f", bridged into {tap_cfg.bridge}" if tap_cfg.bridge else "")
         return port

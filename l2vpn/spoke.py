@@ -12,6 +12,7 @@ from l2vpn import pki
 from l2vpn.errors import PKIError, TransportError
 from l2vpn.node import Node
 from l2vpn.transport import UP, Session, connect
+from l2vpn.wire import CAP_VNET_HDR
 
 log = logging.getLogger("l2vpn.spoke")
 
@@ -49,12 +50,13 @@ class Spoke(Node):
         self.session = Session(
             self.loop, sock, remote, context=self.context, server_side=False,
             node=self.cfg.node, mtu=self.cfg.tap.mtu, server_hostname=hub.server_name,
+            caps=CAP_VNET_HDR if hub.offload else 0,
             on_secure=self._on_secure, on_up=self._on_up, on_frame=self._from_hub,
             on_close=self._on_close)
 
     def _on_secure(self, session):
         try:
-            session.cn = pki.peer_common_name(session.sock)
+            session.cn = pki.peer_common_name(session.tls)
         except PKIError as e:
             return f"hub certificate unusable: {e}"
         return None
@@ -63,7 +65,8 @@ class Spoke(Node):
         if session.peer.mtu != self.cfg.tap.mtu:
             log.warning("hub has MTU %d, we have %d: frames above the smaller one will be "
                         "dropped", session.peer.mtu, self.cfg.tap.mtu)
-        log.info("connected to hub %s at %s", session.name, session.remote)
+        log.info("connected to hub %s at %s (%s)", session.name, session.remote,
+                 "super-frames carried whole" if session.vnet else "plain frames")
         self.backoff_s = self.cfg.reconnect.initial_s
         self.last_error = None
         return None

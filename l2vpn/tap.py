@@ -56,6 +56,15 @@ OFFLOAD_CHOICES = (
 )
 
 
+_OFFLOAD_NAMES = ((TUN_F_CSUM, "csum"), (TUN_F_TSO4, "tso4"), (TUN_F_TSO6, "tso6"),
+                  (TUN_F_TSO_ECN, "tso-ecn"), (TUN_F_USO4, "uso4"), (TUN_F_USO6, "uso6"))
+
+
+def describe_offloads(flags: int) -> str:
+    """TUNSETOFFLOAD flags as words for logs, e.g. "csum+tso4+tso6"; "off" for none."""
+    return "+".join(name for bit, name in _OFFLOAD_NAMES if flags & bit) or "off"
+
+
 def derive_mac(node: str, tap_name: str) -> bytes:
     """A stable locally administered unicast MAC, so ARP caches elsewhere survive restarts."""
     mac = bytearray(hashlib.sha256(f"{node}/{tap_name}".encode()).digest()[:6])

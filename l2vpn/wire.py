@@ -252,6 +252,11 @@ class Connection:
         return self._our_caps & self._peer.caps if self._peer else 0
 
     @property
+    def vnet(self) -> bool:
+        """Whether both hellos carry CAP_VNET_HDR, so FRAME_VNET may flow both ways."""
+        return self._vnet
+
+    @property
     def bytes_buffered(self) -> int:
         """Received bytes not yet turned into events, so the I/O layer can bound memory."""
         return len(self._buf) - self._pos
@@ -275,7 +280,9 @@ class Connection:
         payload = _HELLO.pack(MAGIC, PROTOCOL_VERSION, 0, self.mtu, self._our_caps, len(name))
         return _HEADER.pack(HELLO << 24 | len(payload) + len(name)) + payload + name
 
-    def _frame_header(self, data, vnet) -> bytes:
+    def frame_header(self, data, vnet: bool = False) -> bytes:
+        """The 4-byte header of a frame record for `data`, so the caller can place header
+        and payload in its own buffer without joining them first."""
         if self._our_state is not OPEN:
             self._send(Frame)
         n = len(data)
@@ -291,11 +298,11 @@ class Connection:
 
     def frame(self, data, vnet: bool = False) -> bytes:
         """A FRAME record (FRAME_VNET if `vnet`, `data` then starting with the vnet header)."""
-        return self._frame_header(data, vnet) + data
+        return self.frame_header(data, vnet) + data
 
     def frame_into(self, buf: bytearray, data, vnet: bool = False) -> None:
         """Append a frame record to `buf`, so many frames go out in one TLS write."""
-        buf += self._frame_header(data, vnet)
+        buf += self.frame_header(data, vnet)
         buf += data
 
     def keepalive(self) -> bytes:
@@ -338,9 +345,14 @@ class Connection:
             n = word & _MAX_U24
             start = pos + HEADER_LEN
             end = start + n
-            if word >> 24 == FRAME and n <= self.max_payload and end <= len(buf):
-                self._pos = end
-                return Frame(bytes(buf[start:end]))
+            if n <= self.max_payload and end <= len(buf):
+                rtype = word >> 24
+                if rtype == FRAME_VNET and self._vnet and n >= VNET_HDR_LEN:
+                    self._pos = end
+                    return Frame(bytes(buf[start:end]), True)
+                if rtype == FRAME:
+                    self._pos = end
+                    return Frame(bytes(buf[start:end]))
         try:
             return self._next_event_slow()
         except RemoteProtocolError as exc:

@@ -88,6 +88,19 @@ class LabError(RuntimeError):
 # --------------------------------------------------------------------------- waiting
 
 
+@dataclass
+class Transfer:
+    """What one TCP transfer delivered: bytes received, whether the hash matched, time taken."""
+    size: int
+    received: int
+    intact: bool
+    seconds: float
+
+    @property
+    def mbit_s(self) -> float:
+        return self.received * 8 / self.seconds / 1e6 if self.seconds else 0.0
+
+
 def wait_until(pred: Callable[[], object], timeout_s: float, interval_s: float = 0.05,
                what: str = "condition"):
     """Poll pred() until it returns a truthy value (returned) or raise TimeoutError."""
@@ -419,6 +432,53 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def tcp_transfer(src_ns: str, dst_ns: str, dst_addr: str, size: int,
+                 family: int = socket.AF_INET, timeout_s: float = 60) -> Transfer:
+    """Send `size` random bytes over one TCP connection from src_ns to dst_addr in dst_ns;
+    the receiver hashes what arrives. Raises LabError if the receiver fails or hangs."""
+    payload = os.urandom(size)
+    want = hashlib.sha256(payload).digest()
+    srv = socket_in(dst_ns, family)
+    cli = socket_in(src_ns, family)
+    result: dict = {}
+    try:
+        srv.bind((dst_addr, 0))
+        srv.listen(1)
+        srv.settimeout(timeout_s)
+        addr = srv.getsockname()
+
+        def receive():
+            try:
+                conn, _ = srv.accept()
+                conn.settimeout(timeout_s)
+                h, n = hashlib.sha256(), 0
+                with conn:
+                    while chunk := conn.recv(1 << 20):
+                        h.update(chunk)
+                        n += len(chunk)
+                result.update(n=n, sha=h.digest())
+            except Exception as exc:   # reported below
+                result["error"] = exc
+
+        t = threading.Thread(target=receive, daemon=True)
+        t.start()
+        cli.settimeout(timeout_s)
+        t0 = time.monotonic()
+        cli.connect(addr)
+        cli.sendall(payload)
+        cli.shutdown(socket.SHUT_WR)
+        t.join(timeout_s)
+        took = time.monotonic() - t0
+    finally:
+        cli.close()
+        srv.close()
+    if t.is_alive():
+        raise LabError(f"TCP receiver at {dst_addr} still running after {timeout_s:g} s")
+    if "error" in result:
+        raise LabError(f"TCP receiver at {dst_addr} failed: {result['error']!r}")
+    return Transfer(size, result["n"], result["sha"] == want and result["n"] == size, took)
+
+
 class Lab:
     """A hub, N spokes and optional LAN hosts in namespaces, with PKI and configs.
 
@@ -435,7 +495,8 @@ class Lab:
                  reconnect: tuple[float, float] = (1, 2), aging_s: float = 300,
                  workdir: str | Path | None = None, verbose: bool = True,
                  ipv6: bool = False, pki: bool = True, python: str = sys.executable,
-                 src: str | Path | None = None, say: Callable[[str], None] | None = None):
+                 src: str | Path | None = None, say: Callable[[str], None] | None = None,
+                 offload: bool | dict = True):
         self.prefix = prefix or unique_prefix()
         self.spoke_names = list(spokes)
         self.lan = {k: list(v) for k, v in (lan or {}).items()}
@@ -448,6 +509,8 @@ class Lab:
         # the l2vpn checkout the daemons run from (L2VPN_SRC: compare another build)
         self.src = Path(src or os.environ.get("L2VPN_SRC") or REPO).resolve()
         self.say = say or (lambda msg: None)
+        # True/False for every node, or {name: bool | {"tap": bool, "session": bool}}
+        self.offload = offload
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=self.prefix))
         self.pki_dir = self.workdir / "pki"
@@ -593,28 +656,37 @@ class Lab:
         self.l2vpn("pki", "issue", str(d), name, "--role", role, check=True)
         return d
 
+    def offload_of(self, name: str) -> dict:
+        """{"tap": bool, "session": bool}: whether name's TAP and sessions use offloads."""
+        choice = self.offload.get(name, True) if isinstance(self.offload, dict) else self.offload
+        if isinstance(choice, dict):
+            return {"tap": choice.get("tap", True), "session": choice.get("session", True)}
+        return {"tap": bool(choice), "session": bool(choice)}
+
     def default_config(self, name: str) -> dict:
         node = self.nodes[name]
+        off = self.offload_of(name)
         rel = os.path.relpath(self.pki_dir, node.config.parent)
         tls = {"ca": f"{rel}/ca.crt", "cert": f"{rel}/{name}.crt", "key": f"{rel}/{name}.key"}
         keepalive = {"interval_s": self.keepalive[0], "timeout_s": self.keepalive[1]}
         mgmt = {"socket": str(node.socket)}
         if node.role == "hub":
-            cfg = {"node": "hub", "listen": {"address": "0.0.0.0", "port": self.port},
+            cfg = {"node": "hub", "listen": {"address": "0.0.0.0", "port": self.port,
+                                             "offload": off["session"]},
                    "tls": tls, "switch": {"aging_s": self.aging_s}, "management": mgmt,
                    "keepalive": keepalive}
             if node.tap:
-                cfg["tap"] = {"name": node.tap, "mtu": 1500,
+                cfg["tap"] = {"name": node.tap, "mtu": 1500, "offload": off["tap"],
                               "address": f"{node.overlay_ip}/{PREFIXLEN}"}
             return cfg
-        tap = {"name": node.tap, "mtu": 1500}
+        tap = {"name": node.tap, "mtu": 1500, "offload": off["tap"]}
         if node.lan_hosts:
             tap["bridge"] = LAN_BRIDGE    # the lab put the overlay address on br-lan
         else:
             tap["address"] = f"{node.overlay_ip}/{PREFIXLEN}"
         return {"node": name,
                 "hub": {"address": self.nodes["hub"].underlay_ip, "port": self.port,
-                        "server_name": "hub"},
+                        "server_name": "hub", "offload": off["session"]},
                 "tls": tls, "tap": tap, "management": mgmt,
                 "reconnect": {"initial_s": self.reconnect[0], "max_s": self.reconnect[1]},
                 "keepalive": keepalive}
@@ -813,6 +885,11 @@ class Lab:
     def socket_in(self, ns: str, family: int = socket.AF_INET,
                   type: int = socket.SOCK_STREAM, proto: int = 0) -> socket.socket:
         return socket_in(ns, family, type, proto)
+
+    def tcp_transfer(self, src: str, dst: str, size: int, timeout_s: float = 60) -> Transfer:
+        """A TCP transfer between two nodes' or LAN hosts' overlay addresses."""
+        return tcp_transfer(self.ns(src), self.ns(dst), self.ip(dst), size,
+                            timeout_s=timeout_s)
 
     def sniff(self, name: str, ifname: str | None = None) -> Sniffer:
         """A Sniffer on name's overlay link (or ifname) in name's namespace."""

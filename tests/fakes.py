@@ -6,6 +6,7 @@ A switch port is anything with `name`, `send_frame(frame)`, `congested`, `pause(
 """
 
 import socket
+import struct
 import threading
 
 from l2vpn.loop import READ
@@ -69,6 +70,7 @@ class FakeSession(FakePort):
         self.peer = Hello(1, self.name, mtu, 0)
         self.remote = remote
         self.state = "up"
+        self.vnet = False
         self.up_since = up_since
         self.goodbyes = []
 
@@ -149,3 +151,26 @@ def call_in_thread(loop, fn, timeout_s: float = 5.0):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+def tcp_super_frame(payload: bytes, mss: int = 1448, vlan: int | None = None) -> bytes:
+    """A TCPv4 GSO super-frame in vnet form, as an offloading TAP hands it over: the
+    virtio-net header asks for segmentation at `mss`, and the TCP checksum field holds
+    only the pseudo-header sum, for whoever segments to complete."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Dot1Q, Ether
+    eth = Ether(dst="02:00:00:00:00:02", src="02:00:00:00:00:01")
+    if vlan is not None:
+        eth = eth / Dot1Q(vlan=vlan)
+    pkt = eth / IP(src="198.19.0.2", dst="198.19.0.3", id=7) / TCP(
+        sport=40000, dport=5201, seq=1000, flags="PA") / payload
+    frame = bytearray(bytes(pkt))
+    l3 = 14 if vlan is None else 18
+    l4 = l3 + 20
+    words = struct.unpack(">4H", bytes(frame[l3 + 12:l3 + 20]))   # source, destination
+    total = sum(words) + 6 + len(frame) - l4
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    struct.pack_into(">H", frame, l4 + 16, total)
+    hdr = struct.pack("<BBHHHH", 1, 1, l4 + 20, mss, l4, 16)   # NEEDS_CSUM, GSO_TCPV4
+    return hdr + bytes(frame)

@@ -1,7 +1,8 @@
 """Fixtures for the real-network tests: labs built by netns-lab/labnet.py.
 
 `lab` is one session-wide lab (hub with a TAP, spokes site-a/b/c, LAN host lan-a bridged
-behind site-a) for tests that only send traffic; `make_lab` builds a fresh lab per test for
+behind site-a) for tests that only send traffic, built three times: with offloads
+everywhere, with none, and mixed (so super-frames meet plain TAPs and plain sessions); `make_lab` builds a fresh lab per test for
 tests that kill, restart or misconfigure daemons. Every lab is torn down by a finalizer,
 and a failed test prints the daemons' log tails.
 """
@@ -19,6 +20,14 @@ import labnet  # noqa: E402
 
 SHARED_SPOKES = ["site-a", "site-b", "site-c"]
 SHARED_LAN = {"site-a": ["lan-a"]}
+# Mixed: the hub's TAP is plain but its sessions carry super-frames; site-b has no
+# offloads at all; site-c has an offloading TAP behind a plain session (so it segments).
+OFFLOAD_MODES = {
+    "offload": True,
+    "plain": False,
+    "mixed": {"hub": {"tap": False, "session": True}, "site-a": True, "site-b": False,
+              "site-c": {"tap": True, "session": False}},
+}
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -85,9 +94,11 @@ def make_lab(request):
         lab.close()
 
 
-@pytest.fixture(scope="session")
-def _shared_lab():
-    lab = labnet.Lab(spokes=SHARED_SPOKES, lan=SHARED_LAN)
+@pytest.fixture(scope="session", params=list(OFFLOAD_MODES))
+def _shared_lab(request):
+    lab = labnet.Lab(spokes=SHARED_SPOKES, lan=SHARED_LAN,
+                     offload=OFFLOAD_MODES[request.param])
+    lab.mode = request.param
     try:
         lab.build()
         lab.start_all()

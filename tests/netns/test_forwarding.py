@@ -8,12 +8,7 @@ test, a fence frame is sent on the same path and awaited; the switch keeps each 
 order, so a frame that was going to arrive would have arrived before the fence.
 """
 
-import hashlib
 import json
-import os
-import socket
-import threading
-import time
 import uuid
 
 import pytest
@@ -202,49 +197,10 @@ def test_lan_host_behind_bridged_spoke_is_reachable(lab, src):
 
 
 def test_32_mib_tcp_transfer_arrives_intact(lab):
-    size = 32 << 20
-    payload = os.urandom(size)
-    want = hashlib.sha256(payload).hexdigest()
     lab.wait_ping(lab.ns("site-a"), lab.ip("site-b"))
-    srv = lab.socket_in(lab.ns("site-b"))
-    srv.bind((lab.ip("site-b"), 0))
-    srv.listen(1)
-    srv.settimeout(30)
-    port = srv.getsockname()[1]
-    result = {}
-
-    def receive():
-        try:
-            conn, _ = srv.accept()
-            conn.settimeout(30)
-            h, n = hashlib.sha256(), 0
-            with conn:
-                while chunk := conn.recv(1 << 20):
-                    h.update(chunk)
-                    n += len(chunk)
-            result.update(n=n, sha=h.hexdigest())
-        except Exception as exc:   # reported by the main thread
-            result["error"] = exc
-
-    t = threading.Thread(target=receive, daemon=True)
-    t.start()
-    cli = lab.socket_in(lab.ns("site-a"))
-    try:
-        cli.settimeout(30)
-        t0 = time.monotonic()
-        cli.connect((lab.ip("site-b"), port))
-        cli.sendall(payload)
-        cli.shutdown(socket.SHUT_WR)
-        t.join(120)
-        took = time.monotonic() - t0
-    finally:
-        cli.close()
-        srv.close()
-    assert not t.is_alive(), "receiver still running after 120 s"
-    assert "error" not in result, f"receiver failed: {result.get('error')!r}"
-    assert result["n"] == size
-    assert result["sha"] == want
-    print(f"32 MiB site-a -> site-b in {took:.2f} s ({size * 8 / took / 1e6:.0f} Mbit/s)")
+    t = lab.tcp_transfer("site-a", "site-b", 32 << 20, timeout_s=120)
+    assert t.received == t.size and t.intact
+    print(f"32 MiB site-a -> site-b ({lab.mode}) in {t.seconds:.2f} s ({t.mbit_s:.0f} Mbit/s)")
 
 
 # ---------------------------------------------------------------------------- 13

@@ -140,7 +140,7 @@ def test_configs_are_frozen(tmp_path):
 
 ERRORS = [
     ("hub", with_changes(HUB, tap={"nmae": "x", "name": "t0"}),
-     "tap.nmae: unknown key (expected one of: name, mtu, address, bridge, mac)"),
+     "tap.nmae: unknown key (expected one of: name, mtu, address, bridge, mac, offload)"),
     ("hub", with_changes(HUB, colour="blue"),
      "colour: unknown key in a hub config (expected one of: node, listen, tls, tap, switch, management, keepalive)"),
     ("hub", with_changes(HUB, reconnect={"initial_s": 1}),
@@ -189,10 +189,12 @@ ERRORS = [
      "keepalive.timeout_s: expected more than interval_s (25), got 20 (the default)"),
     ("hub", with_changes(HUB, management={"socket": ""}), "management.socket: expected a file path, got ''"),
     ("spoke", with_changes(SPOKE, hub=None),
-     "hub: required section is missing (expected a mapping with keys: address, port, server_name)"),
+     "hub: required section is missing (expected a mapping with keys: address, port, server_name, offload)"),
     ("spoke", with_changes(SPOKE, tap=None),
-     "tap: required section is missing (expected a mapping with keys: name, mtu, address, bridge, mac)"),
+     "tap: required section is missing (expected a mapping with keys: name, mtu, address, bridge, mac, offload)"),
     ("spoke", with_changes(SPOKE, hub={"port": 7443}), "hub.address: required key is missing"),
+    ("spoke", with_changes(SPOKE, tap={"name": "l2vpn0", "offload": "yes"}), "tap.offload: expected true or false, got 'yes'"),
+    ("hub", with_changes(HUB, listen={"offload": 1}), "listen.offload: expected true or false, got 1"),
     ("spoke", with_changes(SPOKE, hub={"address": "198.18.0.999"}),
      "hub.address: expected an IP address or DNS name like 198.18.0.1 or hub.example.net, got '198.18.0.999'"),
     ("spoke", with_changes(SPOKE, hub={"address": "hub_1.example"}),
@@ -303,3 +305,13 @@ def test_any_value_gives_a_config_or_one_line_problems(tmp_path, role, section, 
         assert exc.problems and all(p.startswith(f"{path}: ") and "\n" not in p for p in exc.problems)
     else:
         assert isinstance(cfg, config.HubConfig if role == "hub" else config.SpokeConfig)
+
+
+def test_offloads_are_on_unless_turned_off(tmp_path):
+    on = config.load_spoke(write(tmp_path, SPOKE))
+    assert on.tap.offload is True and on.hub.offload is True
+    off = config.load_spoke(write(tmp_path, with_changes(
+        SPOKE, tap={**SPOKE["tap"], "offload": False}, hub={**SPOKE["hub"], "offload": False})))
+    assert off.tap.offload is False and off.hub.offload is False
+    hub = config.load_hub(write(tmp_path, with_changes(HUB, listen={"offload": False})))
+    assert hub.listen.offload is False

@@ -17,6 +17,7 @@ from l2vpn.config import (
 from l2vpn.frame import BROADCAST
 from l2vpn.hub import Hub
 from l2vpn.loop import EventLoop
+from l2vpn.offload import PLAIN_HDR
 
 AGING_S = 60.0
 
@@ -26,7 +27,8 @@ def mac(n: int) -> bytes:
 
 
 def eth(dst: bytes, src: bytes) -> bytes:
-    return dst + src + b"\x08\x00" + bytes(46)
+    """A minimal frame in vnet form (a zero virtio-net header first), as ports hand it over."""
+    return PLAIN_HDR + dst + src + b"\x08\x00" + bytes(46)
 
 
 @pytest.fixture
@@ -104,7 +106,7 @@ def test_frames_from_an_unknown_port_or_too_short_are_dropped(hub):
     a, b = with_ports(hub, "a", "b")
     stranger = FakePort("stranger")
     hub._forward(stranger, eth(BROADCAST, mac(1)))
-    hub._forward(a, b"\xff" * 13)
+    hub._forward(a, PLAIN_HDR + b"\xff" * 13)
     assert a.sent == [] and b.sent == []
     assert hub.switch.counters["unknown_port"] == 1 and hub.switch.counters["runt"] == 1
 
@@ -194,7 +196,7 @@ class FakeTLS:
 def secured(subject) -> FakeSession:
     s = FakeSession("unset")
     s.cn = None
-    s.sock = FakeTLS(subject)
+    s.tls = FakeTLS(subject)
     return s
 
 
