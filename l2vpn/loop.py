@@ -10,6 +10,7 @@ fast enough here (ANCHORS.md: ~3x over one write per frame).
 import heapq
 import itertools
 import logging
+import select
 import selectors
 import signal
 import socket
@@ -19,6 +20,10 @@ log = logging.getLogger("l2vpn.loop")
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
+_EPOLL_OF = {0: 0, READ: select.EPOLLIN, WRITE: select.EPOLLOUT,
+             READ | WRITE: select.EPOLLIN | select.EPOLLOUT}
+_NOT_IN = ~select.EPOLLIN
+_NOT_OUT = ~select.EPOLLOUT
 
 
 class Timer:
@@ -38,7 +43,10 @@ class EventLoop:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self._sel = selectors.DefaultSelector()
+        # epoll itself, not `selectors`: its wrapper costs microseconds on every wake-up,
+        # and a frame crossing the VPN wakes three processes each way.
+        self._epoll = select.epoll()
+        self._fds = {}   # fd -> [fileobj, events, fn]
         self._timers = []
         self._seq = itertools.count()
         self._flush = {}
@@ -50,24 +58,32 @@ class EventLoop:
     # -- readiness -------------------------------------------------------------------
     def watch(self, fileobj, events, fn):
         """Start, change or (events=0) stop watching `fileobj`."""
-        try:
-            key = self._sel.get_key(fileobj)
-        except (KeyError, ValueError):
-            key = None
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if fd < 0:
+            raise ValueError(f"cannot watch {fileobj!r}: it is closed")
+        entry = self._fds.get(fd)
         if not events:
-            if key is not None:
-                self._sel.unregister(fileobj)
+            if entry is not None:
+                del self._fds[fd]
+                self._epoll.unregister(fd)
             return
-        if key is None:
-            self._sel.register(fileobj, events, fn)
-        elif key.events != events or key.data is not fn:
-            self._sel.modify(fileobj, events, fn)
+        if entry is None:
+            self._epoll.register(fd, _EPOLL_OF[events])
+            self._fds[fd] = [fileobj, events, fn]
+        elif entry[1] != events or entry[2] is not fn:
+            if entry[1] != events:
+                self._epoll.modify(fd, _EPOLL_OF[events])
+            entry[:] = (fileobj, events, fn)
 
     def forget(self, fileobj):
-        try:
-            self._sel.unregister(fileobj)
-        except (KeyError, ValueError):
-            pass
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if fd < 0:   # closed already: find it by identity
+            fd = next((f for f, e in self._fds.items() if e[0] is fileobj), -1)
+        if self._fds.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass
         self._again.pop(id(fileobj), None)
 
     def again(self, fileobj, fn):
@@ -123,16 +139,23 @@ class EventLoop:
 
     def run(self):
         self._running = True
-        sel, timers, clock = self._sel, self._timers, self.clock
+        poll, fds, timers, clock = self._epoll.poll, self._fds, self._timers, self.clock
         while self._running:
             if self._again or self._flush:
                 timeout = 0
             elif timers:
                 timeout = max(0.0, timers[0][0] - clock())
             else:
-                timeout = None
-            for key, mask in sel.select(timeout):
-                self._call(key.data, mask)
+                timeout = -1
+            try:
+                ready = poll(timeout)
+            except InterruptedError:
+                continue
+            for fd, ev in ready:
+                entry = fds.get(fd)
+                if entry is not None:   # an earlier callback this pass may have dropped it
+                    mask = (WRITE if ev & _NOT_IN else 0) | (READ if ev & _NOT_OUT else 0)
+                    self._call(entry[2], mask & entry[1])
             if self._again:
                 again, self._again = self._again, {}
                 for fn in again.values():
@@ -161,5 +184,5 @@ class EventLoop:
             signal.set_wakeup_fd(-1)
             self._wake_r.close()
             self._wake_w.close()
-        self._sel.close()
+        self._epoll.close()
 

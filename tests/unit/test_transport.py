@@ -8,12 +8,13 @@ import struct
 import threading
 
 import pytest
-from fakes import FakePort, run_bounded, run_until
+from fakes import FakePort, run_bounded, run_until, tcp_super_frame
 
 from l2vpn import pki, transport, wire
 from l2vpn.config import TLSConfig
 from l2vpn.errors import TransportError
 from l2vpn.loop import READ
+from l2vpn.offload import PLAIN_HDR
 from l2vpn.transport import Session
 
 SNAPSHOT_KEYS = {"node", "cn", "remote", "state", "uptime_s", "frames_in", "frames_out",
@@ -45,14 +46,17 @@ def ctx(tmp_path_factory, pki_dir):
 class Link:
     """A server-side Session (accepted) and optionally a client-side one, with callback logs."""
 
-    def __init__(self, loop, server_ctx, client_ctx=None, server_up_problem=None):
+    def __init__(self, loop, server_ctx, client_ctx=None, server_up_problem=None,
+                 server_caps=0, client_caps=0):
         self.loop = loop
+        self.caps = {"server": server_caps, "client": client_caps}
         self.server_ctx = server_ctx
         self.server_up_problem = server_up_problem
         self.listener = transport.listen("127.0.0.1", 0)
         self.port = self.listener.getsockname()[1]
         self.server = self.client = None
         self.frames = {"server": [], "client": []}
+        self.vnet_frames = {"server": [], "client": []}
         self.ups = {}
         self.cns = {}
         self.closes = []
@@ -63,16 +67,21 @@ class Link:
 
     def _session(self, side, sock, remote, context, server_side, node):
         def on_secure(s):
-            s.cn = self.cns[side] = pki.peer_common_name(s.sock)
+            s.cn = self.cns[side] = pki.peer_common_name(s.tls)
 
         def on_up(s):
             self.ups[side] = s.name
             return self.server_up_problem if server_side else None
 
         return Session(self.loop, sock, remote, context=context, server_side=server_side,
-                       node=node, mtu=1500, on_secure=on_secure, on_up=on_up,
-                       on_frame=lambda s, data: self.frames[side].append(data),
+                       node=node, mtu=1500, caps=self.caps[side], on_secure=on_secure,
+                       on_up=on_up, on_frame=lambda s, data: self._got(side, data),
                        on_close=lambda s, reason: self.closes.append((side, reason)))
+
+    def _got(self, side, data):
+        """Frames arrive in vnet form; plain ones (zero header) are kept as plain frames."""
+        self.vnet_frames[side].append(bytes(data))
+        self.frames[side].append(bytes(data[10:]) if data[:10] == PLAIN_HDR else bytes(data))
 
     def _accept(self, _mask):
         sock, addr = self.listener.accept()
@@ -160,7 +169,7 @@ def test_both_sides_come_up_and_know_each_other(link):
 
 
 def test_snapshot_has_the_documented_keys(link, loop):
-    link.client.send_frame(bytes(60))
+    link.client.send_frame(PLAIN_HDR + bytes(60))
     run_until(loop, lambda: link.frames["server"], what="one frame")
     snap = link.server.snapshot(loop.clock() + 2.0)
     assert SNAPSHOT_KEYS <= set(snap)
@@ -182,8 +191,8 @@ def test_frames_both_ways_arrive_intact_and_in_order(link, loop):
     up = [numbered(i, rng.randint(14, 1514), rng) for i in range(50)]
     down = [numbered(i, rng.randint(14, 1514), rng) for i in range(50)]
     for a, b in zip(up, down):
-        link.client.send_frame(a)
-        link.server.send_frame(b)
+        link.client.send_frame(PLAIN_HDR + a)
+        link.server.send_frame(PLAIN_HDR + b)
     run_until(loop, lambda: len(link.frames["server"]) == 50 and len(link.frames["client"]) == 50,
               what="50 frames each way")
     assert link.frames["server"] == up
@@ -198,7 +207,7 @@ def test_many_frames_sent_in_one_pass_arrive(link, loop):
 
     def burst():
         for f in frames:
-            link.client.send_frame(f)
+            link.client.send_frame(PLAIN_HDR + f)
         buffered.append(link.client.buffered)
 
     loop.call_later(0, burst)
@@ -213,7 +222,7 @@ def test_many_frames_sent_in_one_pass_arrive(link, loop):
 
 def test_a_60_kib_frame(link, loop):
     big = random.Random(3).randbytes(60 * 1024)
-    link.server.send_frame(big)
+    link.server.send_frame(PLAIN_HDR + big)
     run_until(loop, lambda: link.frames["client"], what="the big frame")
     assert link.frames["client"] == [big]
 
@@ -230,14 +239,14 @@ def test_keepalive_is_accepted(link, loop):
     link.server.conn.events = recording
     link.client.send_keepalive()
     run_until(loop, lambda: wire.Keepalive() in seen, what="the keepalive")
-    link.client.send_frame(bytes(64))
+    link.client.send_frame(PLAIN_HDR + bytes(64))
     run_until(loop, lambda: link.frames["server"], what="a frame after the keepalive")
     assert link.server.state == "up" and link.closes == []
 
 
 def test_frames_are_dropped_and_counted_when_not_up(link):
     link.client.close("done")
-    link.client.send_frame(bytes(64))
+    link.client.send_frame(PLAIN_HDR + bytes(64))
     link.client.send_keepalive()
     assert link.client.drops == 1 and link.client.frames_out == 0
 
@@ -269,7 +278,8 @@ def test_on_up_problem_closes_with_it_and_the_peer_hears_a_goodbye(loop, ctx, ma
 
 
 def test_garbage_after_the_hellos_is_a_protocol_violation(link, loop):
-    link.client.sock.send(b"\xee" + bytes(7))       # raw bytes inside TLS
+    link.client.out.put(b"\xee" + bytes(7))          # raw bytes inside TLS
+    link.client.flush()
     run_until(loop, lambda: link.reason("server") and link.reason("client"),
               what="both to close")
     assert link.reason("server") == "protocol violation: unknown record type 0xee"
@@ -353,7 +363,7 @@ def test_backpressure_pauses_and_resumes_the_source(link, loop, monkeypatch):
             return
         for _ in range(64):
             f = numbered(len(sent), 1500, rng)
-            link.client.send_frame(f)
+            link.client.send_frame(PLAIN_HDR + f)
             sent.append(f)
         loop.call_later(0, pump)
 
@@ -388,7 +398,7 @@ def test_frames_past_the_hard_cap_are_dropped_and_counted(link, loop, monkeypatc
     monkeypatch.setattr(transport, "HARD_CAP_B", 100_000)
     frame = bytes(1000)
     for _ in range(200):                              # one pass: nothing is flushed yet
-        link.client.send_frame(frame)
+        link.client.send_frame(PLAIN_HDR + frame)
     c = link.client
     assert c.drops > 0 and c.frames_out + c.drops == 200
     assert c.buffered <= 100_000 + wire.HEADER_LEN + len(frame)
@@ -409,3 +419,56 @@ def test_close_with_goodbye_on_a_reset_connection_reports_once(link, loop):
     assert readable
     link.server.close("peer silent for 20 s", goodbye="timeout")
     assert [r for side, r in link.closes if side == "server"] == ["peer silent for 20 s"]
+
+
+# -- offloads ------------------------------------------------------------------------
+
+
+def test_both_offering_vnet_carry_super_frames_whole(loop, ctx, make_link):
+    lk = make_link(ctx["hub"], ctx["spoke"], server_caps=wire.CAP_VNET_HDR,
+                   client_caps=wire.CAP_VNET_HDR)
+    run_until(loop, lk.up, what="both sessions up")
+    assert lk.server.vnet and lk.client.vnet
+    big = tcp_super_frame(b"x" * 20000)
+    lk.client.send_frame(big)
+    run_until(loop, lambda: lk.vnet_frames["server"], what="the super-frame")
+    assert lk.vnet_frames["server"] == [big]
+    assert lk.server.snapshot(loop.clock())["vnet"] is True
+    assert lk.client.soft_offloads == 0
+
+
+@pytest.mark.parametrize("server_caps,client_caps", [(wire.CAP_VNET_HDR, 0),
+                                                     (0, wire.CAP_VNET_HDR)])
+def test_a_peer_without_offloads_gets_segmented_plain_frames(loop, ctx, make_link,
+                                                             server_caps, client_caps):
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    lk = make_link(ctx["hub"], ctx["spoke"], server_caps=server_caps, client_caps=client_caps)
+    run_until(loop, lk.up, what="both sessions up")
+    assert not lk.server.vnet and not lk.client.vnet
+    lk.client.send_frame(tcp_super_frame(b"x" * 20000))
+    run_until(loop, lambda: len(lk.frames["server"]) >= 14, what="the segments")
+    got = lk.frames["server"]
+    assert len(got) == 14 and lk.client.soft_offloads == 1
+    assert all(len(f) <= 1514 for f in got)
+    assert all(v[:10] == PLAIN_HDR for v in lk.vnet_frames["server"])
+    payload = b""
+    for f in got:
+        pkt = Ether(f)
+        ip, tcp = pkt[IP], pkt[TCP]
+        fresh = Ether(f)     # checksums as sent must equal what scapy recomputes
+        del fresh[IP].chksum, fresh[TCP].chksum
+        fresh = Ether(bytes(fresh))
+        assert (fresh[IP].chksum, fresh[TCP].chksum) == (ip.chksum, tcp.chksum)
+        payload += bytes(tcp.payload)
+    assert payload == b"x" * 20000
+
+
+def test_a_frame_that_cannot_be_segmented_is_dropped_and_counted(link, loop):
+    bad = struct.pack("<BBHHHH", 1, 1, 54, 1448, 200, 16) + bytes(60)   # csum_start past end
+    link.client.send_frame(bad)
+    link.client.send_frame(PLAIN_HDR + bytes(64))
+    run_until(loop, lambda: link.frames["server"], what="the good frame")
+    assert link.frames["server"] == [bytes(64)]
+    assert link.client.offload_errors == 1 and link.client.state == "up"
+    assert link.client.snapshot(loop.clock())["offload_errors"] == 1
