@@ -7,7 +7,9 @@ them into what its far side takes. When a frame's one destination is backed up, 
 until that destination drains, so a fast sender slows down instead of filling memory.
 """
 
+import errno
 import logging
+import resource
 
 from l2vpn import pki
 from l2vpn.config import NODE_NAME
@@ -25,6 +27,9 @@ log = logging.getLogger("l2vpn.hub")
 
 HUB_PORT = "hub"
 ACCEPT_BUDGET = 64
+ACCEPT_REST_S = 0.5
+# accept() errors that will repeat until something is freed: rest instead of spinning
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Hub(Node):
@@ -39,6 +44,7 @@ class Hub(Node):
         self.listener = None
 
     def _start(self):
+        _raise_fd_limit()
         self.context = pki.hub_context(self.cfg.tls)
         self.listener = listen(self.cfg.listen.address, self.cfg.listen.port)
         self._closers.append(self.listener.close)
@@ -57,7 +63,13 @@ class Hub(Node):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                self.refusals.warning("accept", "accept failed: %s", e)
+                if e.errno in _EXHAUSTED:
+                    self.refusals.warning("accept-exhausted", "accept failed: %s; not accepting "
+                                          "for %g s (raise LimitNOFILE / ulimit -n)",
+                                          e.strerror, ACCEPT_REST_S)
+                    self.loop.rest(self.listener, self._accept, ACCEPT_REST_S)
+                else:
+                    self.refusals.warning("accept", "accept failed: %s", e)
                 return
             sock.setblocking(False)
             session = Session(
@@ -146,3 +158,14 @@ class Hub(Node):
         out["switch"] = {"entries": len(self.switch), "aging_s": self.cfg.switch.aging_s,
                          "counters": dict(self.switch.counters)}
         return out
+
+
+def _raise_fd_limit():
+    """Each spoke costs a descriptor: take the hard limit, not the 1024 soft default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, e)

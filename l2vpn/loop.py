@@ -86,6 +86,16 @@ class EventLoop:
                 pass
         self._again.pop(id(fileobj), None)
 
+    def rest(self, fileobj, fn, seconds):
+        """Stop watching `fileobj` for a while, then watch it for READ with `fn` again: for
+        a listener that stays readable while accept() fails (out of file descriptors)."""
+        self.watch(fileobj, 0, None)
+
+        def wake():
+            if fileobj.fileno() >= 0:
+                self.watch(fileobj, READ, fn)
+        self.call_later(seconds, wake)
+
     def again(self, fileobj, fn):
         """Run `fn(READ)` next pass without waiting: for data OpenSSL holds that epoll cannot see."""
         self._again[id(fileobj)] = fn

@@ -13,12 +13,14 @@ import socket
 import stat
 
 from l2vpn.errors import L2VPNError, TransportError
+from l2vpn.logs import RateLimitedLog
 from l2vpn.loop import READ
 
 log = logging.getLogger("l2vpn.management")
 
 MAX_REQUEST_B = 4096
 CLIENT_TIMEOUT_S = 2.0
+ACCEPT_REST_S = 0.5
 
 
 class ManagementServer:
@@ -28,6 +30,7 @@ class ManagementServer:
         self.loop = loop
         self.path = os.fspath(path)
         self.handler = handler
+        self._errors = RateLimitedLog(log)
         self.sock = _bind(self.path)
         loop.watch(self.sock, READ, self._accept)
 
@@ -37,7 +40,10 @@ class ManagementServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
-            log.warning("management accept failed: %s", e)
+            # a listener stays readable while accept fails: rest, or this would spin
+            self._errors.warning("accept", "management accept failed: %s; retrying in %g s",
+                                 e, ACCEPT_REST_S)
+            self.loop.rest(self.sock, self._accept, ACCEPT_REST_S)
             return
         client.setblocking(False)
         self.loop.watch(client, READ, lambda _m: self._serve(client))

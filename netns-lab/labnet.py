@@ -420,6 +420,12 @@ class LanHost:
     ifname: str = UPLINK
 
 
+def _moved_link(ipr, ifname: str, ns: str) -> int:
+    """The index of a veth end just moved into ns; under load it can show up a moment late."""
+    return wait_until(lambda: (ipr.link_lookup(ifname=ifname) or [None])[0], 5,
+                      what=f"{ifname} to appear in {ns}")
+
+
 def _deep_merge(base: dict, extra: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in extra.items():
@@ -591,7 +597,7 @@ class Lab:
                 wan.link("set", index=idx, master=br, state="up")
         for node in self.nodes.values():
             with NetNS(node.ns) as ipr:
-                idx = ipr.link_lookup(ifname=UPLINK)[0]
+                idx = _moved_link(ipr, UPLINK, node.ns)
                 ipr.addr("add", index=idx, address=node.underlay_ip, prefixlen=PREFIXLEN)
                 ipr.link("set", index=idx, state="up")
                 if node.lan_hosts:
@@ -609,7 +615,7 @@ class Lab:
                         ipr.link("set", index=pidx, master=br, state="up")
         for host in self.lan_hosts.values():
             with NetNS(host.ns) as ipr:
-                idx = ipr.link_lookup(ifname=host.ifname)[0]
+                idx = _moved_link(ipr, host.ifname, host.ns)
                 ipr.addr("add", index=idx, address=host.ip, prefixlen=PREFIXLEN)
                 ipr.link("set", index=idx, state="up")
         if self.make_pki:

@@ -1,6 +1,9 @@
 """Hub switching with fake ports: no sockets, no TAP, start() never called."""
 
+import errno
 import json
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,9 @@ from l2vpn.config import (
     TLSConfig,
 )
 from l2vpn.frame import BROADCAST
+from l2vpn import hub as hub_module
 from l2vpn.hub import Hub
-from l2vpn.loop import EventLoop
+from l2vpn.loop import READ, EventLoop
 from l2vpn.offload import PLAIN_HDR
 
 AGING_S = 60.0
@@ -256,3 +260,42 @@ def test_status_sessions_are_sorted_by_cn(hub):
 def test_request_status_and_unknown(hub):
     assert hub._request("status")["node"] == "hub"
     assert "unknown request" in hub._request("reboot")["error"]
+
+
+class _Exhausted(socket.socket):
+    """A listener whose accept() fails as when the process is out of descriptors."""
+
+    calls = 0
+
+    def accept(self):
+        type(self).calls += 1
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+def test_out_of_descriptors_the_hub_rests_instead_of_spinning(tmp_path):
+    loop = EventLoop()
+    hub = Hub(HubConfig(
+        path=tmp_path / "hub.yaml", node="hub", listen=ListenConfig("127.0.0.1", 0),
+        tls=TLSConfig(Path("ca.crt"), Path("hub.crt"), Path("hub.key")), tap=None,
+        switch=SwitchConfig(), management=ManagementConfig(socket=tmp_path / "hub.sock"),
+        keepalive=KeepaliveConfig()), loop=loop)
+    listener = _Exhausted()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())   # keeps it readable
+        hub.listener = listener
+        loop.watch(listener, READ, hub._accept)
+        loop.call_later(0.3, loop.stop)
+        started = time.process_time()
+        loop.run()
+        # one failed accept, then rest (0.5 s): not thousands of tries burning a core
+        assert _Exhausted.calls == 1
+        assert time.process_time() - started < 0.2
+        loop.call_later(hub_module.ACCEPT_REST_S, loop.stop)
+        loop.run()
+        assert _Exhausted.calls >= 2                                 # it tries again
+        client.close()
+    finally:
+        listener.close()
+        loop.close()
