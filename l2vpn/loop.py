@@ -165,7 +165,10 @@ class EventLoop:
                 entry = fds.get(fd)
                 if entry is not None:   # an earlier callback this pass may have dropped it
                     mask = (WRITE if ev & _NOT_IN else 0) | (READ if ev & _NOT_OUT else 0)
-                    self._call(entry[2], mask & entry[1])
+                    try:                # _call, inlined: this runs for every wake-up
+                        entry[2](mask & entry[1])
+                    except Exception:
+                        log.exception("internal error in %r; carrying on", entry[2])
             if self._again:
                 again, self._again = self._again, {}
                 for fn in again.values():

@@ -47,6 +47,7 @@ HIGH_WATER_B = 1024 * 1024
 LOW_WATER_B = 256 * 1024
 HARD_CAP_B = 8 * 1024 * 1024
 KEEP_B = 2 * HIGH_WATER_B
+SMALL_WRITE_B = 16 * 1024
 
 # One receive buffer for every session: a process runs one loop in one thread, and each
 # read is copied into its session's decoder before the next read starts.
@@ -122,6 +123,21 @@ class SendBuffer:
 
     def __len__(self) -> int:
         return self.end - self.start
+
+    def put2(self, head, body) -> None:
+        """put(head) then put(body): a record header and its payload, in one call."""
+        data, end = self.data, self.end
+        mid = end + len(head)
+        new = mid + len(body)
+        if new <= len(data):
+            data[end:mid] = head
+            data[mid:new] = body
+        else:
+            if end < len(data):
+                del data[end:]
+            data += head
+            data += body
+        self.end = new
 
     def put(self, part) -> None:
         data, end = self.data, self.end
@@ -245,7 +261,7 @@ class Session:
                 return
         self.state = HELLO
         self.out.put(self.conn.hello())
-        self.loop.watch(self.sock, READ, self._on_io)
+        self.loop.watch(self.sock, READ, self._read)
         self.loop.again(self.sock, self._read)   # records that came with the handshake
         self.flush()
 
@@ -372,21 +388,22 @@ class Session:
     # -- writing ---------------------------------------------------------------------
     @property
     def buffered(self) -> int:
-        return len(self.out) + len(self._cipher)
+        out = self.out
+        return out.end - out.start + len(self._cipher)
 
     @property
     def congested(self) -> bool:
-        return len(self.out) + len(self._cipher) > HIGH_WATER_B
+        out = self.out
+        return out.end - out.start + len(self._cipher) > HIGH_WATER_B
 
     def send_frame(self, data) -> None:
         """Queue one frame (vnet form) for the end-of-pass flush."""
         out = self.out
-        if self.state != UP or len(out) > HARD_CAP_B:
+        if self.state != UP or out.end - out.start > HARD_CAP_B:
             self.drops += 1
             return
         if self.vnet:
-            out.put(self.conn.frame_header(data, True))
-            out.put(data)
+            out.put2(self.conn.frame_header(data, True), data)
             self.frames_out += 1
             self.bytes_out += len(data)
         elif needs_work(data):
@@ -399,14 +416,12 @@ class Session:
                 return
             self.soft_offloads += 1
             for frame in frames:
-                out.put(self.conn.frame_header(frame))
-                out.put(frame)
+                out.put2(self.conn.frame_header(frame), frame)
                 self.bytes_out += len(frame)
             self.frames_out += len(frames)
         else:
             frame = memoryview(data)[VNET_HDR_LEN:]
-            out.put(self.conn.frame_header(frame))
-            out.put(frame)
+            out.put2(self.conn.frame_header(frame), frame)
             self.frames_out += 1
             self.bytes_out += len(data) - VNET_HDR_LEN
         self.loop.want_flush(self, self.flush)
@@ -422,9 +437,10 @@ class Session:
         out = self.out
         if self._send_out(out, self.sock) is None:
             return
-        if not out and not self._cipher:
+        queued = out.end - out.start
+        if not queued and not self._cipher:
             self._set_want_write(False)
-        if self.waiters and len(out) < LOW_WATER_B:
+        if self.waiters and queued < LOW_WATER_B:
             waiters, self.waiters = self.waiters, set()
             for w in waiters:
                 w.resume()
@@ -454,27 +470,25 @@ class Session:
         None if the connection failed."""
         tls = self.tls
         while True:
-            done = self._send_cipher()
-            if not done:
-                if done is False:
-                    self._set_want_write(True)
-                return done
-            if not out:
+            if self._cipher or self._out.pending:
+                done = self._send_cipher()
+                if not done:
+                    if done is False:
+                        self._set_want_write(True)
+                    return done
+            start = out.start
+            size = min(WRITE_CHUNK_B, out.end - start)
+            if not size:
                 return True
-            size = min(WRITE_CHUNK_B, len(out))
-            with memoryview(out.data) as view:
-                chunk = view[out.start:out.start + size]
-                try:
-                    tls.write(chunk)
-                except ssl.SSLError as e:
-                    failure = e
+            try:
+                if size <= SMALL_WRITE_B:   # a copy is cheaper than a view for a few frames
+                    tls.write(out.data[start:start + size])
                 else:
-                    failure = None
-                finally:
-                    chunk.release()
-            if failure is not None:
+                    with memoryview(out.data) as view, view[start:start + size] as chunk:
+                        tls.write(chunk)
+            except ssl.SSLError as e:
                 if not self._closing:
-                    self.close(f"TLS error while sending: {ssl_reason(failure)}")
+                    self.close(f"TLS error while sending: {ssl_reason(e)}")
                 return None
             out.consume(size)
 
@@ -490,7 +504,8 @@ class Session:
     def _update_interest(self):
         if self.state in (HELLO, UP):
             mask = (0 if self._paused else READ) | (WRITE if self._want_write else 0)
-            self.loop.watch(self.sock, mask, self._on_io)
+            # reading only (the usual case) calls _read directly: one call fewer per wake-up
+            self.loop.watch(self.sock, mask, self._read if mask == READ else self._on_io)
 
     # -- ending ----------------------------------------------------------------------
     def goodbye(self, reason: str, linger_s: float = 1.0) -> None:

@@ -106,9 +106,12 @@ class Hello:
     caps: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Frame:
-    """One Ethernet frame; with `vnet` it starts with a 10-byte virtio_net_hdr."""
+    """One Ethernet frame; with `vnet` it starts with a 10-byte virtio_net_hdr.
+
+    Not frozen, unlike the other events: one is made per frame, and a frozen dataclass
+    pays for object.__setattr__ on every field (treat it as read-only all the same)."""
 
     data: bytes
     vnet: bool = False
@@ -146,6 +149,14 @@ _TRANSITIONS = {
     OPEN: {Frame: OPEN, Keepalive: OPEN, Goodbye: CLOSED, ConnectionClosed: CLOSED},
     CLOSED: {ConnectionClosed: CLOSED},
 }
+
+
+def _copy(buf: bytearray, start: int, end: int) -> bytes:
+    """buf[start:end] as bytes in one copy (slicing a bytearray first would make two)."""
+    if end - start <= 2048:
+        return bytes(buf[start:end])
+    with memoryview(buf) as view, view[start:end] as part:
+        return bytes(part)
 
 
 def pack_header(rtype: int, length: int) -> bytes:
@@ -340,7 +351,9 @@ class Connection:
         """The next event from the peer, or NEED_DATA."""
         buf = self._buf
         pos = self._pos
-        if len(buf) - pos >= HEADER_LEN and self._their_state is OPEN:
+        avail = len(buf) - pos
+        if avail >= HEADER_LEN and self._their_state is OPEN:
+            # the fast path: a whole frame record in an open stream
             (word,) = _HEADER.unpack_from(buf, pos)
             n = word & _MAX_U24
             start = pos + HEADER_LEN
@@ -349,10 +362,12 @@ class Connection:
                 rtype = word >> 24
                 if rtype == FRAME_VNET and self._vnet and n >= VNET_HDR_LEN:
                     self._pos = end
-                    return Frame(bytes(buf[start:end]), True)
+                    return Frame(_copy(buf, start, end), True)
                 if rtype == FRAME:
                     self._pos = end
-                    return Frame(bytes(buf[start:end]))
+                    return Frame(_copy(buf, start, end))
+        elif not avail and not self._eof and self._failure is None:
+            return NEED_DATA
         try:
             return self._next_event_slow()
         except RemoteProtocolError as exc:
