@@ -12,10 +12,10 @@ import signal
 from l2vpn import tap as tapdev
 from l2vpn.frame import format_mac
 from l2vpn.logs import RateLimitedLog
-from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, OffloadError, needs_work, to_plain
+from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, needs_work
 from l2vpn.loop import READ, EventLoop
 from l2vpn.management import ManagementServer
-from l2vpn.transport import UP
+from l2vpn.transport import UP, plain_frames
 
 log = logging.getLogger("l2vpn.node")
 
@@ -44,7 +44,7 @@ class TapPort:
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.drops = self.soft_offloads = self.offload_errors = 0
         self._paused = False
-        self._errors = RateLimitedLog(log)
+        self.offload_log = RateLimitedLog(log)
         loop.watch(self.fd, READ, self._on_readable)
 
     def _on_readable(self, _mask):
@@ -69,15 +69,7 @@ class TapPort:
         if self.vnet:
             self._write(frame)
         elif needs_work(frame):
-            try:
-                frames = to_plain(frame)
-            except OffloadError as e:
-                self.offload_errors += 1
-                self._errors.warning("offload", "TAP %s: dropped a frame that cannot be "
-                                     "segmented: %s", self.device.name, e)
-                return
-            self.soft_offloads += 1
-            for f in frames:
+            for f in plain_frames(self, frame, f"TAP {self.device.name}"):
                 self._write(f)
         else:
             self._write(memoryview(frame)[VNET_HDR_LEN:])

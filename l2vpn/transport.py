@@ -107,6 +107,22 @@ def ssl_reason(e: BaseException) -> str:
     return str(e)
 
 
+def plain_frames(port, frame, label: str) -> list:
+    """What a port without offloads sends for a vnet-form frame that needs work: its
+    segments, checksummed; none (counted on the port, logged rate-limited) if it cannot
+    be segmented, which only a broken or hostile peer's frame does. A port has
+    `offload_errors`, `soft_offloads` and `offload_log` (a RateLimitedLog)."""
+    try:
+        frames = to_plain(frame)
+    except OffloadError as e:
+        port.offload_errors += 1
+        port.offload_log.warning("offload", "%s: dropped a frame that cannot be segmented: %s",
+                             label, e)
+        return []
+    port.soft_offloads += 1
+    return frames
+
+
 class SendBuffer:
     """Bytes queued for one TLS socket, sent from `start`, appended at `end`.
 
@@ -194,9 +210,8 @@ class Session:
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.drops = self.soft_offloads = self.offload_errors = 0
         self.vnet = False
-        self._errors = RateLimitedLog(log)
+        self.offload_log = RateLimitedLog(log)
         self.out = SendBuffer()
-        self._retry = 0
         self._paused = False
         self._closing = False
         self._want_write = False
@@ -407,14 +422,7 @@ class Session:
             self.frames_out += 1
             self.bytes_out += len(data)
         elif needs_work(data):
-            try:
-                frames = to_plain(data)
-            except OffloadError as e:
-                self.offload_errors += 1
-                self._errors.warning("offload", "session %s: dropped a frame that cannot be "
-                                     "segmented: %s", self.name, e)
-                return
-            self.soft_offloads += 1
+            frames = plain_frames(self, data, f"session {self.name}")
             for frame in frames:
                 out.put2(self.conn.frame_header(frame), frame)
                 self.bytes_out += len(frame)
