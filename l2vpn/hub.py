@@ -3,8 +3,9 @@
 Every session that finished its hello is a switch port named after its certificate CN;
 the hub's own TAP, when configured, is the port named `hub`. The switch table decides,
 the ports carry; frames are in vnet form (virtio-net header first) and each port turns
-them into what its far side takes. When a frame's one destination is backed up, the source is paused
-until that destination drains, so a fast sender slows down instead of filling memory.
+them into what its far side takes. When a frame's one destination is backed up, the
+source is paused until that destination drains, so a fast sender slows down instead of
+filling memory.
 """
 
 import errno
