@@ -286,3 +286,22 @@ def test_stop_from_a_read_callback(loop, pair):
 def test_run_bounded_fails_when_nothing_stops_the_loop(loop):
     with pytest.raises(AssertionError, match="not stopped"):
         run_bounded(loop, timeout_s=0.01)
+
+
+def test_rest_stops_watching_for_a_while_then_watches_again(loop):
+    a, b = socket.socketpair()
+    calls = []
+    try:
+        b.send(b"x")                                  # a stays readable throughout
+        def on_read(_mask):
+            calls.append(loop.clock())
+            loop.rest(a, on_read, 0.1)
+            if len(calls) == 2:
+                loop.stop()
+        loop.watch(a, READ, on_read)
+        loop.call_later(2, loop.stop)
+        loop.run()
+    finally:
+        a.close()
+        b.close()
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.1

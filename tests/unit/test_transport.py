@@ -472,3 +472,38 @@ def test_a_frame_that_cannot_be_segmented_is_dropped_and_counted(link, loop):
     assert link.frames["server"] == [bytes(64)]
     assert link.client.offload_errors == 1 and link.client.state == "up"
     assert link.client.snapshot(loop.clock())["offload_errors"] == 1
+
+
+# -- the send buffer -----------------------------------------------------------------
+
+
+def test_send_buffer_keeps_order_across_puts_and_partial_consumes():
+    buf = transport.SendBuffer()
+    buf.put(b"abc")
+    buf.put2(b"HD", memoryview(b"payload"))
+    assert len(buf) == 12 and bytes(buf.data[buf.start:buf.end]) == b"abcHDpayload"
+    buf.consume(5)
+    assert bytes(buf.data[buf.start:buf.end]) == b"payload"
+    buf.put(b"!")
+    buf.consume(8)
+    assert len(buf) == 0 and (buf.start, buf.end) == (0, 0)
+
+
+def test_send_buffer_reuses_its_storage_once_drained():
+    buf = transport.SendBuffer()
+    buf.put(bytes(64 * 1024))
+    storage = buf.data
+    buf.consume(64 * 1024)
+    buf.put2(b"\x02\x00\x00\x10", bytes(16))       # written into the same memory
+    assert buf.data is storage and len(buf) == 20 and len(storage) == 64 * 1024
+
+
+def test_send_buffer_gives_back_big_storage_and_compacts_a_long_sent_prefix():
+    buf = transport.SendBuffer()
+    buf.put(bytes(transport.KEEP_B + 1))
+    buf.consume(transport.KEEP_B + 1)
+    assert len(buf.data) == 0                       # released, not kept at 2 MiB
+    buf.put(bytes(transport.HIGH_WATER_B + 10))
+    buf.put(b"tail")
+    buf.consume(transport.HIGH_WATER_B + 5)         # most of it sent: the prefix goes
+    assert buf.start == 0 and bytes(buf.data[:buf.end]) == bytes(5) + b"tail"
