@@ -61,7 +61,7 @@ for _p in (str(REPO), str(HERE)):
 
 from pyroute2 import netns  # noqa: E402
 
-from labnet import in_netns, socket_in  # noqa: E402
+from labnet import in_netns, socket_in, write_sysctl  # noqa: E402
 from l2vpn.offload import (GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4,  # noqa: E402
                            F_NEEDS_CSUM, PLAIN_HDR, VNET_HDR_LEN)
 from l2vpn.tap import Tap  # noqa: E402
@@ -95,16 +95,6 @@ def _ip(ns: str, *args: str) -> None:
     out = subprocess.run(["ip", "-n", ns, *args], capture_output=True, text=True, timeout=10)
     if out.returncode != 0:
         raise CaptureError(f"ip -n {ns} {' '.join(args)}: {out.stderr.strip()}")
-
-
-def _sysctl(ns: str, key: str, value: str, missing_ok: bool = False) -> None:
-    with in_netns(ns):
-        try:
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                f.write(value)
-        except FileNotFoundError:
-            if not missing_ok:
-                raise
 
 
 @contextlib.contextmanager
@@ -343,8 +333,8 @@ class Wire:
             ns = self.ns[side]
             host = "1" if side == "a" else "2"
             for knob in ("all", "default"):
-                _sysctl(ns, f"net.ipv6.conf.{knob}.accept_dad", "0")
-            _sysctl(ns, "net.ipv4.tcp_ecn", "1")
+                write_sysctl(ns, f"net.ipv6.conf.{knob}.accept_dad", "0")
+            write_sysctl(ns, "net.ipv4.tcp_ecn", "1")
             _ip(ns, "link", "set", "lo", "up")
             self.taps[side] = _open_tap(ns, TAP, mtu=1500, vnet_hdr=True,
                                         mac=bytes.fromhex(mac.replace(":", "")),
@@ -573,9 +563,10 @@ class Segmenter:
     def __enter__(self) -> "Segmenter":
         try:
             for knob in ("all", "default"):
-                _sysctl(self.ns, f"net.ipv6.conf.{knob}.disable_ipv6", "1")
+                write_sysctl(self.ns, f"net.ipv6.conf.{knob}.disable_ipv6", "1")
             for table in ("arptables", "iptables", "ip6tables"):
-                _sysctl(self.ns, f"net.bridge.bridge-nf-call-{table}", "0", missing_ok=True)
+                write_sysctl(self.ns, f"net.bridge.bridge-nf-call-{table}", "0",
+                             missing_ok=True)
             _ip(self.ns, "link", "add", "br0", "type", "bridge")
             _ip(self.ns, "link", "set", "br0", "up")
             self.vnet = _open_tap(self.ns, "l2sv0", mtu=65000, vnet_hdr=True, bridge="br0")

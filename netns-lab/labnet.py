@@ -194,11 +194,16 @@ def stable_mac(seed: str) -> str:
     return ":".join(f"{b:02x}" for b in bytes([0x02]) + h[:5])
 
 
-def _write_sysctl(ns: str, key: str, value: str) -> None:
+def write_sysctl(ns: str, key: str, value: str, missing_ok: bool = False) -> None:
+    """Set a per-namespace sysctl (missing_ok: skip one this kernel lacks)."""
     # /proc/sys/net resolves against the opening thread's network namespace.
     with in_netns(ns):
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-            f.write(value)
+        try:
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
 
 
 def ns_pids(ns: str) -> list[int]:
@@ -580,8 +585,8 @@ class Lab:
             self.namespaces.append(ns)
             if not self.ipv6:
                 # keep IPv6 chatter (RS, MLD, DAD) off the wire; set before links exist
-                _write_sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
-                _write_sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
+                write_sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
+                write_sysctl(ns, "net.ipv6.conf.default.disable_ipv6", "1")
         for ns in all_ns:
             with NetNS(ns) as ipr:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")

@@ -37,7 +37,7 @@ def test_tcp_between_every_kind_of_port_arrives_intact(lab, src, dst):
 
 
 def _sessions(lab, name):
-    return {s["node"]: s for s in lab.status(name)["sessions"]}
+    return _sessions_of(lab.status(name))
 
 
 def test_sessions_negotiate_what_both_ends_offer(lab):
