@@ -1,33 +1,63 @@
-"""The hub's MAC-learning switch table; pure, no I/O, time passed in.
+"""The hub's MAC-learning switch with port security; pure, no I/O, time passed in.
 
 Theory of operation: `decide()` is called once per frame with the port it came in on
-and the current monotonic time. It learns the source MAC on that port, then answers
-with a tuple of ports to send the frame out of; `()` means drop. The caller does the
-sending, so one table serves the hub's own TAP and every spoke session alike.
+and the current monotonic time. It checks the frame, learns its source on that port,
+then answers with a tuple of ports to send it out of; `()` means drop. The caller does
+the sending, so one table serves the hub's own TAP and every spoke session alike.
+
+Every check that can drop a frame sits in `decide()` in this order, each counted in
+`counters` and in the ingress port's own drop counts:
+  runt / oversize / group source  malformed or impossible frames
+  probe                           a loop probe (dst == `intercept`): returned as PROBE
+  blocked                         the port is cut off by loop detection
+  dhcp_guard / ra_guard           a server message from a port not trusted for it
+  port_limit                      a new source past `max_macs_per_port`
+  move_held                       a MAC claimed from another port within the hold-down
+  storm_*                         flooding past the port's token bucket for that class
+Known unicast, the bulk of traffic, passes only the cheap checks; guards run only when
+configured, token buckets only when flooding.
 
 An entry is alive while `now - seen <= aging_s`; an older one is treated as absent
-by every query but stays stored (and counts against `max_entries`) until `expire()`
-removes it, which the caller runs about once a second. So the hot path never scans.
+by every query but stays stored (and counts against `max_entries` and its port's limit)
+until `expire()` removes it, which the caller runs about once a second. So the hot path
+never scans. A full table (`max_entries`) learns nothing new but still forwards, so
+hosts keep working; the per-port limit is what stops one port filling it.
 
-The flood tuple for each ingress port (all other ports, in the order they were added)
-is built on its first use after the ports change, and each port's one-element tuple
-when it is added, so neither flooding nor forwarding allocates an answer per frame. Each port keeps the set of its MACs so
-`drop_port()` costs that port's MACs, not the whole table; moves and expiry keep the
-sets in step.
-
-The steps of `decide()` stand apart (`_learn` for admission of a source, `_forward`
-for the destination) so later checks (per-port limits, move hold-down, storm control,
-guards, blocked ports) each slot into one place.
+The flood tuple for each ingress port (all other unblocked ports, in the order they
+were added) is built on its first use after the ports change, so neither flooding nor
+forwarding allocates an answer per frame.
 """
 
-from l2vpn.frame import ETH_HLEN
+from l2vpn import guard
+from l2vpn.frame import BROADCAST, ETH_HLEN, VLAN_HLEN
 
 DROP = ()
 
-COUNTERS = (
+
+class _Probe(tuple):
+    """An empty answer that also says "this was a loop probe; hand it to the detector"."""
+
+
+PROBE = _Probe()
+
+# Why a frame was dropped, per port and in total.
+DROPS = (
     "runt",
+    "oversize",
     "group_source",
+    "blocked",
+    "dhcp_guard",
+    "ra_guard",
+    "port_limit",
+    "move_held",
+    "storm_broadcast",
+    "storm_multicast",
+    "storm_unknown_unicast",
+)
+
+COUNTERS = DROPS + (
     "unknown_port",
+    "probes",
     "learned",
     "moves",
     "table_full",
@@ -38,31 +68,97 @@ COUNTERS = (
     "flushed",
 )
 
+_STORM = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast")
+# Room for 802.1Q/802.1ad tags above the MTU (a QinQ frame of full MTU is legal).
+TAG_ROOM = 2 * VLAN_HLEN
+NO_LIMIT = 1 << 62
+MAX_FLAPS = 256
+
+
+class _Bucket:
+    """A token bucket of `rate` frames per second holding at most `burst` frames."""
+
+    __slots__ = ("rate", "burst", "tokens", "last")
+
+    def __init__(self, rate: float, burst: float, now: float | None):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.last = now
+
+    def take(self, now: float) -> bool:
+        last = self.last
+        tokens = self.tokens
+        if last is None or now > last:
+            if last is not None:
+                tokens += (now - last) * self.rate
+                if tokens > self.burst:
+                    tokens = self.burst
+            self.last = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return True
+        self.tokens = tokens
+        return False
+
+
+class _Port:
+    """What the table keeps per port."""
+
+    __slots__ = ("port", "solo", "flood", "macs", "max_frame", "blocked", "guarded", "drops",
+                 "buckets")
+
+    def __init__(self, port, max_frame: int, guarded: frozenset, buckets: tuple):
+        self.port = port
+        self.solo = (port,)   # returned as is when forwarding to this port
+        self.flood = None     # all other unblocked ports; built on first use
+        self.macs: set[bytes] = set()
+        self.max_frame = max_frame
+        self.blocked = False
+        self.guarded = guarded  # guard kinds this port is not trusted for
+        self.drops = dict.fromkeys(DROPS, 0)
+        self.buckets = buckets  # (broadcast, multicast, unknown unicast); None: no limit
+
 
 class _Entry:
-    __slots__ = ("port", "seen", "out")
+    __slots__ = ("home", "seen")
 
-    def __init__(self, port, seen: float, out: tuple):
-        self.port = port
+    def __init__(self, home: _Port, seen: float):
+        self.home = home
         self.seen = seen
-        self.out = out  # (port,), shared with the table, returned as is when forwarding
 
 
 class SwitchTable:
     """Maps MACs to the port they were last seen on, and frames to egress ports."""
 
-    def __init__(self, aging_s: float = 300.0, max_entries: int = 65536):
+    def __init__(self, aging_s: float = 300.0, max_entries: int = 65536, *,
+                 max_macs_per_port: int | None = None, holddown_s: float = 0.0,
+                 storm_pps: tuple = (0, 0, 0), storm_burst_s: float = 1.0,
+                 guards=frozenset(), intercept: bytes | None = None):
         if aging_s < 0:
             raise ValueError(f"aging_s must be >= 0, not {aging_s!r}")
         if max_entries < 0:
             raise ValueError(f"max_entries must be >= 0, not {max_entries!r}")
+        if holddown_s < 0:
+            raise ValueError(f"holddown_s must be >= 0, not {holddown_s!r}")
+        if len(storm_pps) != 3 or any(r < 0 for r in storm_pps):
+            raise ValueError(f"storm_pps must be three rates >= 0, not {storm_pps!r}")
+        unknown = set(guards) - {guard.DHCP, guard.RA}
+        if unknown:
+            raise ValueError(f"unknown guards: {sorted(unknown)}")
         self.aging_s = aging_s
         self.max_entries = max_entries
+        self.max_macs_per_port = NO_LIMIT if max_macs_per_port is None else max_macs_per_port
+        self.holddown_s = holddown_s
+        self.storm_pps = tuple(storm_pps)
+        self.storm_burst_s = storm_burst_s
+        self.guards = frozenset(guards)
+        self.intercept = intercept
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        # MAC -> [home port, port claiming it, frames held] since the caller last took them
+        self.flaps: dict[bytes, list] = {}
         self._macs: dict[bytes, _Entry] = {}
-        self._port_macs: dict[object, set[bytes]] = {}
-        self._solo: dict[object, tuple] = {}
-        self._flood: dict[object, tuple] = {}
+        self._state: dict[object, _Port] = {}
         self._ports: tuple = ()
 
     # -- ports ---------------------------------------------------------------
@@ -71,103 +167,187 @@ class SwitchTable:
     def ports(self) -> tuple:
         return self._ports
 
-    def add_port(self, port) -> None:
-        """Attach a port; frames from a port not added are dropped."""
-        if port in self._port_macs:
+    def add_port(self, port, *, mtu: int | None = None, trusted=frozenset()) -> None:
+        """Attach a port; frames from a port not added are dropped.
+
+        `mtu` bounds the frames it may send (plus the Ethernet header and two VLAN tags);
+        `trusted` names the guards (guard.DHCP, guard.RA) that do not apply to it."""
+        if port in self._state:
             raise ValueError(f"port already added: {port!r}")
-        self._port_macs[port] = set()
-        self._solo[port] = (port,)
-        self._rebuild_ports()
+        max_frame = NO_LIMIT if mtu is None else mtu + ETH_HLEN + TAG_ROOM
+        buckets = tuple(_Bucket(rate, max(1.0, rate * self.storm_burst_s), None) if rate else None
+                        for rate in self.storm_pps)
+        self._state[port] = _Port(port, max_frame, self.guards - frozenset(trusted), buckets)
+        self._ports_changed()
 
     def drop_port(self, port) -> int:
         """Detach a port and forget its MACs; returns how many. Unknown ports give 0."""
-        macs = self._port_macs.pop(port, None)
-        if macs is None:
+        p = self._state.pop(port, None)
+        if p is None:
             return 0
-        for mac in macs:
+        for mac in p.macs:
             del self._macs[mac]
-        del self._solo[port]
-        self._rebuild_ports()
-        self.counters["flushed"] += len(macs)
-        return len(macs)
+        self._ports_changed()
+        self.counters["flushed"] += len(p.macs)
+        for mac in [m for m, f in self.flaps.items() if f[0] is port or f[1] is port]:
+            del self.flaps[mac]
+        return len(p.macs)
 
-    def _rebuild_ports(self) -> None:
+    def block(self, port) -> int:
+        """Cut a port off (loop detection): nothing in, nothing out, probes excepted.
+
+        Its MACs are forgotten, so hosts it carried are found again by flooding through
+        whatever path remains (a loop means there is one); returns how many."""
+        p = self._state[port]
+        p.blocked = True
+        self._ports_changed()
+        return self.flush(port)
+
+    def flush(self, port) -> int:
+        """Forget the MACs learnt on `port` (it stays a port); returns how many."""
+        p = self._state.get(port)
+        if p is None:
+            return 0
+        for mac in p.macs:
+            del self._macs[mac]
+        flushed = len(p.macs)
+        p.macs = set()
+        self.counters["flushed"] += flushed
+        return flushed
+
+    def unblock(self, port) -> None:
+        p = self._state.get(port)
+        if p is not None and p.blocked:
+            p.blocked = False
+            self._ports_changed()
+
+    def is_blocked(self, port) -> bool:
+        p = self._state.get(port)
+        return p is not None and p.blocked
+
+    def _ports_changed(self) -> None:
         # Flood tuples are made on first use per ingress port, not here: rebuilding every
         # port's tuple on each change cost O(ports^2) (6 ms per change at 500 spokes).
-        self._ports = tuple(self._port_macs)
-        self._flood = {}
+        self._ports = tuple(self._state)
+        for p in self._state.values():
+            p.flood = None
 
-    def _flood_for(self, ingress):
-        """All ports but `ingress` (cached until the ports change); None if not a port."""
-        if ingress not in self._port_macs:
-            return None
-        flood = self._flood[ingress] = tuple(q for q in self._ports if q != ingress)
-        return flood
+    def _flood_of(self, p: _Port) -> tuple:
+        p.flood = tuple(q.port for q in self._state.values() if q is not p and not q.blocked)
+        return p.flood
 
     # -- the hot path ----------------------------------------------------------
 
     def decide(self, frame, ingress, now: float, offset: int = 0) -> tuple:
-        """Learn the frame's source on `ingress`; return the ports to send it to."""
+        """Check the frame, learn its source on `ingress`; return the ports to send it to.
+
+        With `offset` 10 the frame leads with a virtio-net header; a GSO super-frame
+        (gso_type, byte 1, non-zero) may exceed the port MTU."""
         counters = self.counters
-        if len(frame) - offset < ETH_HLEN:
-            counters["runt"] += 1
-            return DROP
+        size = len(frame) - offset
+        p = self._state.get(ingress)
+        if size < ETH_HLEN:
+            return self._drop(p, "runt")
         hdr = frame[offset:offset + 12]
         if type(hdr) is not bytes:
             hdr = bytes(hdr)  # keys must not pin or alias the caller's buffer
         if hdr[6] & 1:
-            counters["group_source"] += 1
-            return DROP
-        flood = self._flood.get(ingress)
-        if flood is None:
-            flood = self._flood_for(ingress)
-        if flood is None:
+            return self._drop(p, "group_source")
+        if p is None:
             counters["unknown_port"] += 1
             return DROP
+        if size > p.max_frame and not (offset and frame[1]):
+            return self._drop(p, "oversize")
+        if hdr[0] & 1 and self.intercept is not None and hdr[:6] == self.intercept:
+            counters["probes"] += 1
+            return PROBE
+        if p.blocked:
+            return self._drop(p, "blocked")
+        if p.guarded:
+            kind = guard.classify(frame, offset)
+            if kind is not None and kind in p.guarded:
+                return self._drop(p, "dhcp_guard" if kind == guard.DHCP else "ra_guard")
         src = hdr[6:]
         entry = self._macs.get(src)
-        if entry is not None and entry.port == ingress:
+        if entry is not None and entry.home is p:
             entry.seen = now
         else:
-            self._learn(src, ingress, now)
-        return self._forward(hdr[:6], ingress, flood, now)
+            reason = self._learn(src, p, now)
+            if reason is not None:
+                return self._drop(p, reason)
+        return self._forward(hdr[:6], p, now)
 
-    def _learn(self, mac: bytes, port, now: float) -> bool:
-        """Admit a new MAC or move one; the refresh of a known MAC on its port is inline."""
+    def _drop(self, p, reason: str) -> tuple:
+        self.counters[reason] += 1
+        if p is not None:
+            p.drops[reason] += 1
+        return DROP
+
+    def _learn(self, mac: bytes, p: _Port, now: float):
+        """Admit a new MAC or move one; None, or why the frame must be dropped.
+
+        The refresh of a known MAC on its own port is inline in `decide`."""
         counters = self.counters
         entry = self._macs.get(mac)
         if entry is None:
+            if len(p.macs) >= self.max_macs_per_port:
+                return "port_limit"
             if len(self._macs) >= self.max_entries:
                 counters["table_full"] += 1
-                return False
-            self._macs[mac] = _Entry(port, now, self._solo[port])
-            self._port_macs[port].add(mac)
+                return None   # not learnt, still forwarded: see the module docstring
+            self._macs[mac] = _Entry(p, now)
+            p.macs.add(mac)
             counters["learned"] += 1
-            return True
-        if entry.port != port:
-            if now - entry.seen <= self.aging_s:
+            return None
+        home = entry.home
+        if home is not p:
+            alive = now - entry.seen <= self.aging_s
+            if alive and now - entry.seen < self.holddown_s:
+                self._note_flap(mac, home.port, p.port)
+                return "move_held"
+            if len(p.macs) >= self.max_macs_per_port:
+                return "port_limit"
+            if alive:
                 counters["moves"] += 1
-            self._port_macs[entry.port].discard(mac)
-            self._port_macs[port].add(mac)
-            entry.port = port
-            entry.out = self._solo[port]
+            home.macs.discard(mac)
+            p.macs.add(mac)
+            entry.home = p
         entry.seen = now
-        return True
+        return None
 
-    def _forward(self, dst: bytes, ingress, flood: tuple, now: float) -> tuple:
+    def _note_flap(self, mac: bytes, home, claimer) -> None:
+        flap = self.flaps.get(mac)
+        if flap is not None:
+            flap[0] = home   # the MAC may have moved since the first held claim
+            flap[1] = claimer
+            flap[2] += 1
+        elif len(self.flaps) < MAX_FLAPS:
+            self.flaps[mac] = [home, claimer, 1]
+
+    def _forward(self, dst: bytes, p: _Port, now: float) -> tuple:
         counters = self.counters
         if dst[0] & 1:
+            bucket = p.buckets[0 if dst == BROADCAST else 1]
+            if bucket is not None and not bucket.take(now):
+                return self._drop(p, _STORM[0 if dst == BROADCAST else 1])
             counters["flooded"] += 1
-            return flood
+            return p.flood if p.flood is not None else self._flood_of(p)
         entry = self._macs.get(dst)
         if entry is None or now - entry.seen > self.aging_s:
+            bucket = p.buckets[2]
+            if bucket is not None and not bucket.take(now):
+                return self._drop(p, "storm_unknown_unicast")
             counters["flooded"] += 1
-            return flood
-        if entry.port == ingress:
+            return p.flood if p.flood is not None else self._flood_of(p)
+        home = entry.home
+        if home is p:
             counters["ingress_hairpin"] += 1
             return DROP
+        if home.blocked:  # not after block() flushed it; kept so a stray entry cannot leak
+            counters["blocked"] += 1
+            return DROP
         counters["forwarded"] += 1
-        return entry.out
+        return home.solo
 
     # -- table access ----------------------------------------------------------
 
@@ -176,16 +356,30 @@ class SwitchTable:
         mac = bytes(mac)
         if len(mac) != 6:
             raise ValueError(f"a MAC is 6 bytes, not {len(mac)}")
-        if mac[0] & 1 or port not in self._port_macs:
+        p = self._state.get(port)
+        if mac[0] & 1 or p is None:
             return False
-        return self._learn(mac, port, now)
+        if self._learn(mac, p, now) is not None:
+            return False
+        entry = self._macs.get(mac)
+        return entry is not None and entry.home is p
 
     def lookup(self, mac: bytes, now: float):
         """The port `mac` lives on, or None if unknown or aged."""
         entry = self._macs.get(bytes(mac))
         if entry is None or now - entry.seen > self.aging_s:
             return None
-        return entry.port
+        return entry.home.port
+
+    def take_flaps(self) -> dict:
+        """{mac: (home port, claiming port, frames held)} since the last call."""
+        flaps, self.flaps = self.flaps, {}
+        return {mac: tuple(f) for mac, f in flaps.items()}
+
+    def port_info(self, port) -> dict:
+        """Per-port facts for status: MACs held, blocked, and drops by reason."""
+        p = self._state[port]
+        return {"macs": len(p.macs), "blocked": p.blocked, "drops": dict(p.drops)}
 
     def expire(self, now: float) -> int:
         """Remove aged entries, freeing their room; returns how many."""
@@ -193,7 +387,7 @@ class SwitchTable:
         stale = [mac for mac, e in self._macs.items() if now - e.seen > aging_s]
         for mac in stale:
             entry = self._macs.pop(mac)
-            self._port_macs[entry.port].discard(mac)
+            entry.home.macs.discard(mac)
         self.counters["expired"] += len(stale)
         return len(stale)
 
@@ -202,7 +396,7 @@ class SwitchTable:
         order = {p: i for i, p in enumerate(self._ports)}
         aging_s = self.aging_s
         rows = [
-            (mac, e.port, now - e.seen)
+            (mac, e.home.port, now - e.seen)
             for mac, e in self._macs.items()
             if now - e.seen <= aging_s
         ]
