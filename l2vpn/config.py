@@ -34,6 +34,7 @@ class TLSConfig:
     ca: Path
     cert: Path
     key: Path
+    crl: Path | None = None  # PEM CRL; re-read on SIGHUP and whenever the file changes
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,30 @@ class HubEndpoint:
 
 
 @dataclass(frozen=True)
+class StormConfig:
+    """Frames per second each port may flood, per class; 0 turns that limit off.
+
+    Measured in netns-lab/busy_lan.py: see the README's storm-control section."""
+    broadcast_pps: int = 1000
+    multicast_pps: int = 2000
+    unknown_unicast_pps: int = 2000
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    trusted: tuple[str, ...] = ()  # port names (node names; the hub's own TAP is "hub")
+
+
+@dataclass(frozen=True)
 class SwitchConfig:
     aging_s: float = 300.0
     max_entries: int = 65536
+    max_macs_per_port: int = 1024
+    mac_move_holddown_s: float = 5.0
+    storm: StormConfig = StormConfig()
+    loop_detection: bool = True
+    dhcp_guard: GuardConfig | None = None  # None: off
+    ra_guard: GuardConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,8 @@ class HubConfig:
     switch: SwitchConfig
     management: ManagementConfig
     keepalive: KeepaliveConfig
+    user: str | None = None   # drop to this user once TAP and sockets are open
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,14 +130,27 @@ class SpokeConfig:
     management: ManagementConfig
     keepalive: KeepaliveConfig
     reconnect: ReconnectConfig
+    user: str | None = None
+    group: str | None = None
 
 
 # --- checks: each takes the YAML value and the config folder, returns the parsed value
 # --- or raises Invalid(what was expected).
 
 
+_NOTHING = object()
+_UNKNOWN_KEY = object()  # what a nested mapping "got" when it holds a key it does not know
+
+
 class Invalid(Exception):
-    """A value failed its check; the argument says what was expected."""
+    """A value failed its check; the argument says what was expected.
+
+    A check of a nested mapping names the inner `key` (dotted) and the value it `got`."""
+
+    def __init__(self, expected: str, key: str | None = None, got=_NOTHING):
+        super().__init__(expected)
+        self.key = key
+        self.got = got
 
 
 def _is_int(value) -> bool:
@@ -216,6 +253,66 @@ def interface_address(value, base) -> IPInterface:
         raise Invalid(expected) from None
 
 
+def non_negative_seconds(value, base) -> float:
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise Invalid("a number of seconds >= 0")
+    return float(value)
+
+
+def node_names(value, base) -> tuple[str, ...]:
+    expected = "a list of node names like [site-a, hub] (the hub's own TAP is hub)"
+    if not isinstance(value, list):
+        raise Invalid(expected)
+    for name in value:
+        if not isinstance(name, str) or not NODE_NAME.fullmatch(name):
+            raise Invalid(expected, got=name)
+    if len(set(value)) != len(value):
+        raise Invalid(expected + " without repeats", got=value)
+    return tuple(value)
+
+
+_ACCOUNT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
+
+
+def account(value, base) -> str:
+    """A user or group name (or numeric id); whether it exists is checked at start."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = str(value)
+    if not isinstance(value, str) or not _ACCOUNT.fullmatch(value):
+        raise Invalid("a user or group name like l2vpn, or a numeric id")
+    return value
+
+
+def mapping(keys: tuple, make: type) -> Callable:
+    """A check for a nested mapping: each inner key checked, unknown keys refused."""
+    names = ", ".join(k.name for k in keys)
+    known = {k.name for k in keys}
+
+    def check(value, base):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise Invalid(f"a mapping with keys: {names}")
+        for name in value:
+            if name not in known:
+                raise Invalid(f"one of: {names}", key=_key_text(name), got=_UNKNOWN_KEY)
+        values = {}
+        for k in keys:
+            if k.name not in value:
+                if k.required:
+                    raise Invalid("a value (required key is missing)", key=k.name, got=None)
+                continue
+            try:
+                values[k.name] = k.check(value[k.name], base)
+            except Invalid as exc:
+                inner = k.name + (f".{exc.key}" if exc.key else "")
+                got = value[k.name] if exc.got is _NOTHING else exc.got
+                raise Invalid(exc.args[0], key=inner, got=got) from None
+        return make(**values)
+
+    return check
+
+
 def boolean(value, base) -> bool:
     if not isinstance(value, bool):
         raise Invalid("true or false")
@@ -279,7 +376,8 @@ def _default_management(top: dict) -> ManagementConfig:
 PORT = int_range(1, 65535)
 
 # Top-level scalar keys; each lands in the config dataclass field of the same name.
-TOP_KEYS: tuple[Key, ...] = (Key("node", node_name, required=True),)
+TOP_KEYS: tuple[Key, ...] = (Key("node", node_name, required=True), Key("user", account),
+                             Key("group", account))
 
 SECTIONS: tuple[Section, ...] = (
     Section(
@@ -303,7 +401,8 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section(
         "tls",
-        (Key("ca", path_value, True), Key("cert", path_value, True), Key("key", path_value, True)),
+        (Key("ca", path_value, True), Key("cert", path_value, True), Key("key", path_value, True),
+         Key("crl", path_value)),
         TLSConfig,
         required_in=frozenset(ROLES),
     ),
@@ -322,7 +421,18 @@ SECTIONS: tuple[Section, ...] = (
     ),
     Section(
         "switch",
-        (Key("aging_s", positive_seconds()), Key("max_entries", int_range(1))),
+        (
+            Key("aging_s", positive_seconds()),
+            Key("max_entries", int_range(1)),
+            Key("max_macs_per_port", int_range(1)),
+            Key("mac_move_holddown_s", non_negative_seconds),
+            Key("storm", mapping((Key("broadcast_pps", int_range(0)),
+                                  Key("multicast_pps", int_range(0)),
+                                  Key("unknown_unicast_pps", int_range(0))), StormConfig)),
+            Key("loop_detection", boolean),
+            Key("dhcp_guard", mapping((Key("trusted", node_names),), GuardConfig)),
+            Key("ra_guard", mapping((Key("trusted", node_names),), GuardConfig)),
+        ),
         SwitchConfig,
         roles=frozenset({"hub"}),
         default=lambda top: SwitchConfig(),
@@ -380,6 +490,8 @@ def load(path, role: str) -> HubConfig | SpokeConfig:
 
 
 def _show(value) -> str:
+    if value is _UNKNOWN_KEY:
+        return "an unknown key"
     if value is None:
         return "nothing"
     if isinstance(value, bool):
@@ -459,7 +571,9 @@ def _check_keys(doc: dict, keys: tuple[Key, ...], prefix: str, base: Path, probl
         try:
             values[key.name] = key.check(doc[key.name], base)
         except Invalid as exc:
-            problems.append(f"{where}: {prefix}{key.name}: expected {exc.args[0]}, got {_show(doc[key.name])}")
+            name = key.name + (f".{exc.key}" if exc.key else "")
+            got = doc[key.name] if exc.got is _NOTHING else exc.got
+            problems.append(f"{where}: {prefix}{name}: expected {exc.args[0]}, got {_show(got)}")
     return values
 
 
@@ -479,6 +593,8 @@ def _load(path: Path, role: str):
             problems.append(f"{path}: {_key_text(name)}: unknown key in a {role} config (expected one of: {allowed}){hint}")
 
     top = _check_keys(doc, TOP_KEYS, "", base, problems, str(path))
+    if "group" in top and "user" not in doc:   # a bad user: is its own problem
+        problems.append(f"{path}: group: needs user: too (group alone would leave the process root)")
 
     raw: dict[str, dict] = {}
     for section in sections:

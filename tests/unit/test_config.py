@@ -55,7 +55,10 @@ def test_example_hub_config_loads():
     assert cfg.tls.ca == CONFIGS / "ca.crt"
     assert cfg.tap.address == ipaddress.ip_interface("198.19.0.1/24")
     assert cfg.tap.bridge == "br-lan"
-    assert cfg.switch == config.SwitchConfig(300.0, 65536)
+    assert cfg.switch == config.SwitchConfig(
+        300.0, 65536, dhcp_guard=config.GuardConfig(("site-a",)),
+        ra_guard=config.GuardConfig(("site-a",)))
+    assert (cfg.user, cfg.group, cfg.tls.crl) == ("l2vpn", "l2vpn", CONFIGS / "crl.pem")
 
 
 @pytest.mark.parametrize("site, ip", [("a", "198.19.0.2/24"), ("b", "198.19.0.3/24")])
@@ -142,9 +145,9 @@ ERRORS = [
     ("hub", with_changes(HUB, tap={"nmae": "x", "name": "t0"}),
      "tap.nmae: unknown key (expected one of: name, mtu, address, bridge, mac, offload)"),
     ("hub", with_changes(HUB, colour="blue"),
-     "colour: unknown key in a hub config (expected one of: node, listen, tls, tap, switch, management, keepalive)"),
+     "colour: unknown key in a hub config (expected one of: node, user, group, listen, tls, tap, switch, management, keepalive)"),
     ("hub", with_changes(HUB, reconnect={"initial_s": 1}),
-     "reconnect: unknown key in a hub config (expected one of: node, listen, tls, tap, switch, management, "
+     "reconnect: unknown key in a hub config (expected one of: node, user, group, listen, tls, tap, switch, management, "
      "keepalive); reconnect belongs in a spoke config"),
     ("hub", with_changes(HUB, listen={"port": "abc"}), "listen.port: expected an integer 1-65535, got 'abc'"),
     ("hub", with_changes(HUB, listen={"port": True}), "listen.port: expected an integer 1-65535, got true"),
@@ -158,8 +161,8 @@ ERRORS = [
      "listen.address: expected an IPv4 or IPv6 address like 0.0.0.0 or '::', got 'localhost'"),
     ("hub", with_changes(HUB, tls={"ca": "ca.crt", "key": "hub.key"}), "tls.cert: required key is missing"),
     ("hub", with_changes(HUB, tls=None),
-     "tls: required section is missing (expected a mapping with keys: ca, cert, key)"),
-    ("hub", with_changes(HUB, tls="ca.crt"), "tls: expected a mapping with keys: ca, cert, key, got 'ca.crt'"),
+     "tls: required section is missing (expected a mapping with keys: ca, cert, key, crl)"),
+    ("hub", with_changes(HUB, tls="ca.crt"), "tls: expected a mapping with keys: ca, cert, key, crl, got 'ca.crt'"),
     ("hub", with_changes(HUB, tls={"ca": 5, "cert": "c", "key": "k"}), "tls.ca: expected a file path, got 5"),
     ("hub", with_changes(HUB, node="-hub"),
      "node: expected a name of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit, got '-hub'"),
@@ -200,7 +203,7 @@ ERRORS = [
     ("spoke", with_changes(SPOKE, hub={"address": "hub_1.example"}),
      "hub.address: expected an IP address or DNS name like 198.18.0.1 or hub.example.net, got 'hub_1.example'"),
     ("spoke", with_changes(SPOKE, listen={"port": 1}),
-     "listen: unknown key in a spoke config (expected one of: node, hub, tls, tap, management, keepalive, "
+     "listen: unknown key in a spoke config (expected one of: node, user, group, hub, tls, tap, management, keepalive, "
      "reconnect); listen belongs in a hub config"),
     ("spoke", with_changes(SPOKE, reconnect={"initial_s": 0}),
      "reconnect.initial_s: expected a number of seconds > 0, got 0"),
@@ -315,3 +318,184 @@ def test_offloads_are_on_unless_turned_off(tmp_path):
     assert off.tap.offload is False and off.hub.offload is False
     hub = config.load_hub(write(tmp_path, with_changes(HUB, listen={"offload": False})))
     assert hub.listen.offload is False
+
+
+# --- port security, CRL and privilege keys
+
+
+def test_new_keys_default(tmp_path):
+    cfg = config.load_hub(write(tmp_path, HUB))
+    sw = cfg.switch
+    assert sw.max_macs_per_port == 1024
+    assert sw.mac_move_holddown_s == 5.0
+    assert sw.storm == config.StormConfig() == config.StormConfig(1000, 2000, 2000)
+    assert sw.loop_detection is True
+    assert sw.dhcp_guard is None and sw.ra_guard is None
+    assert cfg.tls.crl is None
+    assert (cfg.user, cfg.group) == (None, None)
+    spoke = config.load_spoke(write(tmp_path, SPOKE))
+    assert (spoke.user, spoke.group, spoke.tls.crl) == (None, None, None)
+
+
+def test_new_switch_keys_parse(tmp_path):
+    doc = with_changes(HUB, switch={
+        "max_macs_per_port": 3, "mac_move_holddown_s": 0, "loop_detection": False,
+        "storm": {"broadcast_pps": 0, "unknown_unicast_pps": 7},
+        "dhcp_guard": {"trusted": ["hub", "site-a"]}, "ra_guard": {"trusted": []}})
+    sw = config.load_hub(write(tmp_path, doc)).switch
+    assert sw.max_macs_per_port == 3
+    assert sw.mac_move_holddown_s == 0.0 and isinstance(sw.mac_move_holddown_s, float)
+    assert sw.loop_detection is False
+    assert sw.storm == config.StormConfig(broadcast_pps=0, multicast_pps=2000,
+                                          unknown_unicast_pps=7)
+    assert sw.dhcp_guard == config.GuardConfig(("hub", "site-a"))
+    assert sw.ra_guard == config.GuardConfig(())
+
+
+@pytest.mark.parametrize("value", [{}, None, {"trusted": []}], ids=["empty", "null", "no-one"])
+def test_an_empty_guard_is_on_with_no_trusted_ports(tmp_path, value):
+    doc = with_changes(HUB, switch={"dhcp_guard": value})
+    sw = config.load_hub(write(tmp_path, doc)).switch
+    assert sw.dhcp_guard == config.GuardConfig(()) and sw.ra_guard is None
+
+
+@pytest.mark.parametrize("value", [None, {}], ids=["null", "empty"])
+def test_an_empty_storm_section_keeps_the_defaults(tmp_path, value):
+    doc = with_changes(HUB, switch={"storm": value})
+    assert config.load_hub(write(tmp_path, doc)).switch.storm == config.StormConfig()
+
+
+def test_crl_user_and_group_parse(tmp_path):
+    doc = with_changes(HUB, tls={**HUB["tls"], "crl": "pki/crl.pem"}, user="l2vpn", group=0)
+    cfg = config.load_hub(write(tmp_path, doc))
+    assert cfg.tls.crl == tmp_path / "pki" / "crl.pem"
+    assert (cfg.user, cfg.group) == ("l2vpn", "0")
+    spoke = config.load_spoke(write(tmp_path, with_changes(SPOKE, user=1000)))
+    assert (spoke.user, spoke.group) == ("1000", None)
+
+
+def switch_with(**keys):
+    return with_changes(HUB, switch=keys)
+
+
+NEW_KEY_ERRORS = [
+    (switch_with(max_macs_per_port=0), "switch.max_macs_per_port: expected an integer >= 1, got 0"),
+    (switch_with(max_macs_per_port=2.5),
+     "switch.max_macs_per_port: expected an integer >= 1, got 2.5"),
+    (switch_with(max_macs_per_port=True),
+     "switch.max_macs_per_port: expected an integer >= 1, got true"),
+    (switch_with(mac_move_holddown_s=-1),
+     "switch.mac_move_holddown_s: expected a number of seconds >= 0, got -1"),
+    (switch_with(mac_move_holddown_s=".inf"),
+     "switch.mac_move_holddown_s: expected a number of seconds >= 0, got '.inf'"),
+    (switch_with(mac_move_holddown_s=float("inf")),
+     "switch.mac_move_holddown_s: expected a number of seconds >= 0, got inf"),
+    (switch_with(mac_move_holddown_s=False),
+     "switch.mac_move_holddown_s: expected a number of seconds >= 0, got false"),
+    (switch_with(loop_detection="yes"), "switch.loop_detection: expected true or false, got 'yes'"),
+    (switch_with(loop_detection=None), "switch.loop_detection: expected true or false, got nothing"),
+    (switch_with(storm={"broadcast_pps": -1}),
+     "switch.storm.broadcast_pps: expected an integer >= 0, got -1"),
+    (switch_with(storm={"multicast_pps": 1.5}),
+     "switch.storm.multicast_pps: expected an integer >= 0, got 1.5"),
+    (switch_with(storm={"unknown_unicast_pps": "lots"}),
+     "switch.storm.unknown_unicast_pps: expected an integer >= 0, got 'lots'"),
+    (switch_with(storm={"bogus": 1}),
+     "switch.storm.bogus: expected one of: broadcast_pps, multicast_pps, unknown_unicast_pps, "
+     "got an unknown key"),
+    (switch_with(storm=1000),
+     "switch.storm: expected a mapping with keys: broadcast_pps, multicast_pps, "
+     "unknown_unicast_pps, got 1000"),
+    (switch_with(dhcp_guard={"trusted": "site-a"}),
+     "switch.dhcp_guard.trusted: expected a list of node names like [site-a, hub] (the hub's "
+     "own TAP is hub), got 'site-a'"),
+    (switch_with(dhcp_guard={"trusted": ["site-a", "bad name"]}),
+     "switch.dhcp_guard.trusted: expected a list of node names like [site-a, hub] (the hub's "
+     "own TAP is hub), got 'bad name'"),
+    (switch_with(ra_guard={"trusted": ["hub", 5]}),
+     "switch.ra_guard.trusted: expected a list of node names like [site-a, hub] (the hub's own "
+     "TAP is hub), got 5"),
+    (switch_with(ra_guard={"trusted": ["hub", "hub"]}),
+     "switch.ra_guard.trusted: expected a list of node names like [site-a, hub] (the hub's own "
+     "TAP is hub) without repeats, got a list"),
+    (switch_with(ra_guard={"trusted": None}),
+     "switch.ra_guard.trusted: expected a list of node names like [site-a, hub] (the hub's own "
+     "TAP is hub), got nothing"),
+    (switch_with(dhcp_guard={"trusted": [], "untrusted": ["x"]}),
+     "switch.dhcp_guard.untrusted: expected one of: trusted, got an unknown key"),
+    (switch_with(dhcp_guard=True),
+     "switch.dhcp_guard: expected a mapping with keys: trusted, got true"),
+    (switch_with(ra_guard=["site-a"]), "switch.ra_guard: expected a mapping with keys: trusted, got a list"),
+    (with_changes(HUB, tls={**HUB["tls"], "crl": ""}), "tls.crl: expected a file path, got ''"),
+    (with_changes(HUB, tls={**HUB["tls"], "crl": 5}), "tls.crl: expected a file path, got 5"),
+    (with_changes(HUB, user="bad name"),
+     "user: expected a user or group name like l2vpn, or a numeric id, got 'bad name'"),
+    (with_changes(HUB, user=-1),
+     "user: expected a user or group name like l2vpn, or a numeric id, got -1"),
+    (with_changes(HUB, user=True),
+     "user: expected a user or group name like l2vpn, or a numeric id, got true"),
+    (with_changes(HUB, user="l2vpn", group=["a"]),
+     "group: expected a user or group name like l2vpn, or a numeric id, got a list"),
+    (with_changes(HUB, group="l2vpn"),
+     "group: needs user: too (group alone would leave the process root)"),
+]
+
+
+@pytest.mark.parametrize("doc, expected", NEW_KEY_ERRORS,
+                         ids=[e[1].split(":")[0] + str(i) for i, e in enumerate(NEW_KEY_ERRORS)])
+def test_each_new_key_problem_is_one_line_naming_the_dotted_key(tmp_path, doc, expected):
+    path = write(tmp_path, doc)
+    assert problems(path, "hub") == [f"{path}: {expected}"]
+
+
+def test_a_nested_unknown_key_that_is_not_a_word_is_quoted(tmp_path):
+    path = write(tmp_path, "node: hub\ntls: {ca: a, cert: b, key: c}\nswitch:\n  storm: {5: 1}\n")
+    (line,) = problems(path, "hub")
+    assert line.startswith(f"{path}: switch.storm.5: expected one of: ")
+    path = write(tmp_path, switch_with(storm={"two words": 1}))
+    (line,) = problems(path, "hub")
+    assert line.startswith(f"{path}: switch.storm.'two words': expected one of: ")
+
+
+def test_new_switch_problems_are_reported_together(tmp_path):
+    doc = switch_with(max_macs_per_port=0, storm={"broadcast_pps": -1},
+                      dhcp_guard={"trusted": 1}, loop_detection=1)
+    path = write(tmp_path, doc)
+    keys = sorted(line.split(": ")[1] for line in problems(path, "hub"))
+    assert keys == ["switch.dhcp_guard.trusted", "switch.loop_detection",
+                    "switch.max_macs_per_port", "switch.storm.broadcast_pps"]
+
+
+@pytest.mark.parametrize("key, value", [("max_macs_per_port", 5), ("storm", {"broadcast_pps": 1}),
+                                        ("dhcp_guard", {"trusted": ["hub"]}),
+                                        ("loop_detection", False)])
+def test_switch_keys_are_refused_in_a_spoke_config(tmp_path, key, value):
+    path = write(tmp_path, with_changes(SPOKE, switch={key: value}))
+    assert problems(path, "spoke") == [
+        f"{path}: switch: unknown key in a spoke config (expected one of: node, user, group, hub, "
+        "tls, tap, management, keepalive, reconnect); switch belongs in a hub config"]
+
+
+def test_a_bad_user_with_a_group_is_one_problem(tmp_path):
+    path = write(tmp_path, with_changes(HUB, user="bad name", group="l2vpn"))
+    assert problems(path, "hub") == [
+        f"{path}: user: expected a user or group name like l2vpn, or a numeric id, "
+        "got 'bad name'"]
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["max_macs_per_port", "mac_move_holddown_s", "loop_detection",
+                            "storm", "dhcp_guard", "ra_guard"]),
+       inner=st.sampled_from(["broadcast_pps", "multicast_pps", "unknown_unicast_pps",
+                              "trusted"]) | st.text(max_size=5),
+       value=YAML_VALUES, nest=st.booleans())
+def test_any_new_switch_value_gives_a_config_or_one_dotted_line(tmp_path, key, inner, value, nest):
+    doc = switch_with(**{key: {inner: value} if nest else value})
+    path = write(tmp_path, doc)
+    try:
+        cfg = config.load_hub(path)
+    except ConfigError as exc:
+        (line,) = exc.problems
+        assert line.startswith(f"{path}: switch.{key}") and "\n" not in line
+    else:
+        assert isinstance(cfg.switch, config.SwitchConfig)
