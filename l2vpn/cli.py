@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from l2vpn import __version__, config, logs, pki
+from l2vpn import __version__, config, logs, pki, privilege
 from l2vpn.errors import ConfigError, L2VPNError, PKIError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -38,8 +38,9 @@ def cmd_node(args) -> int:
 
 def tls_problem(cfg, message: str) -> str:
     """Name the config file and the tls key a certificate problem comes from."""
-    for key in ("key", "cert", "ca"):
-        if message.startswith(str(getattr(cfg.tls, key))):
+    for key in ("key", "cert", "ca", "crl"):
+        path = getattr(cfg.tls, key)
+        if path is not None and message.startswith(str(path)):
             return f"{cfg.path}: tls.{key}: {message}"
     return f"{cfg.path}: tls: {message}"
 
@@ -63,9 +64,14 @@ def cmd_check(args) -> int:
         for line in e.problems:
             print(line)
         return EXIT_USAGE
-    problems = pki.check_tls(cfg.tls, role, cfg.node)
+    problems = [tls_problem(cfg, line) for line in pki.check_tls(cfg.tls, role, cfg.node)]
+    if cfg.user is not None:
+        try:
+            privilege.resolve_config(cfg)
+        except ConfigError as e:
+            problems += e.problems
     for line in problems:
-        print(tls_problem(cfg, line))
+        print(line)
     if problems:
         return EXIT_USAGE
     print(f"OK ({role} {cfg.node})")
@@ -166,6 +172,33 @@ def cmd_pki_issue(args) -> int:
     return EXIT_OK
 
 
+def cmd_pki_revoke(args) -> int:
+    d = Path(args.dir)
+    crl, serial = pki.revoke(d, args.name, days=args.days)
+    listed = len(pki.load_crl(crl, d / pki.CA_CERT).serials)
+    moved = [f"{args.name}-{serial:x}{s}" for s in (".crt", ".key")
+             if (d / pki.REVOKED_DIR / f"{args.name}-{serial:x}{s}").exists()]
+    print(f"revoked {args.name} (serial {serial:#x}); {crl} lists {_certificates(listed)}\n"
+          f"{CRL_HINT}\nmoved to {d / pki.REVOKED_DIR}: {', '.join(moved)}")
+    return EXIT_OK
+
+
+def cmd_pki_crl(args) -> int:
+    d = Path(args.dir)
+    crl = pki.make_crl(d, days=args.days)
+    listed = len(pki.load_crl(crl, d / pki.CA_CERT).serials)
+    print(f"CRL {crl} lists {_certificates(listed)}\n{CRL_HINT}")
+    return EXIT_OK
+
+
+CRL_HINT = ("put it where the hub's tls.crl points; a running hub picks it up within 1 s "
+            "(or send it SIGHUP)")
+
+
+def _certificates(n: int) -> str:
+    return f"{n} revoked certificate{'' if n == 1 else 's'}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="l2vpn", description="Hub-and-spoke layer-2 Ethernet VPN over mutual TLS.")
@@ -195,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the raw JSON")
     v.set_defaults(func=cmd_status)
 
-    v = verbs.add_parser("pki", help="make a CA and certificates",
+    v = verbs.add_parser("pki", help="make a CA, certificates and the CRL",
                          description="A small CA for l2vpn (certificates from openssl or "
                                      "easy-rsa work too).")
     pv = v.add_subparsers(dest="pki_verb", metavar="PKI_VERB", required=True)
@@ -214,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dns", action="append", default=[], help="extra SAN DNS (repeatable)")
     x.add_argument("--days", type=int, default=825)
     x.set_defaults(func=cmd_pki_issue)
+    x = pv.add_parser("revoke", help="revoke a certificate",
+                      description="List DIR/NAME.crt in DIR/crl.pem and move NAME.crt and "
+                                  "NAME.key to DIR/revoked/.")
+    x.add_argument("dir", metavar="DIR")
+    x.add_argument("name", metavar="NAME", help="the name it was issued for")
+    x.add_argument("--days", type=int, default=pki.CRL_DAYS, help="CRL nextUpdate, in days")
+    x.set_defaults(func=cmd_pki_revoke)
+    x = pv.add_parser("crl", help="write or refresh the CRL",
+                      description="Write DIR/crl.pem afresh, keeping the revocations it lists.")
+    x.add_argument("dir", metavar="DIR")
+    x.add_argument("--days", type=int, default=pki.CRL_DAYS, help="CRL nextUpdate, in days")
+    x.set_defaults(func=cmd_pki_crl)
     return p
 
 

@@ -5,6 +5,12 @@ clientAuth and knows the spoke by its CN; a spoke accepts any server certificate
 signed for serverAuth, and also checks the hub's name when `server_name` is set.
 `cryptography` makes and inspects certificates; `ssl` (OpenSSL) enforces them on the
 data path, including the EKU purpose checks, so a hub certificate cannot act as a spoke.
+
+Revocation: the CA directory keeps one CRL, DIR/crl.pem, which `revoke` and `make_crl`
+rewrite in place (atomically: a hub watching the file never reads half of one). The hub
+reads its copy (tls.crl) with `load_crl`, which checks the CA's signature, and refuses a
+session whose `peer_serial` is listed. OpenSSL's own CRL checking is not used: it would
+turn an overdue nextUpdate into refused handshakes for every spoke.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import os
 import secrets
 import ssl
 import stat
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -31,6 +39,14 @@ CA_KEY = "ca.key"
 BACKDATE = dt.timedelta(minutes=5)  # tolerate peers whose clocks run a little behind
 ROLE_USAGE = {"hub": ExtendedKeyUsageOID.SERVER_AUTH, "spoke": ExtendedKeyUsageOID.CLIENT_AUTH}
 USAGE_NAME = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+CRL_FILE = "crl.pem"
+REVOKED_DIR = "revoked"
+# The hub reads its CRL from a local file, so a revocation takes effect when the file is
+# replaced, not when nextUpdate comes round; a short nextUpdate would only add a chore
+# whose neglect looks like an outage. Ten years, like the CA; we warn 30 days ahead.
+CRL_DAYS = 3650
+CRL_WARN = dt.timedelta(days=30)
+MAX_DAYS = 36500
 
 
 # --- making certificates
@@ -71,10 +87,7 @@ def issue(directory: Path, name: str, role: str, ips=(), dns_names=(), days: int
     directory = Path(directory)
     if role not in ROLE_USAGE:
         raise PKIError(f"unknown role {role!r}: use 'hub' or 'spoke'")
-    if not isinstance(name, str) or not NODE_NAME.fullmatch(name):
-        raise PKIError(
-            f"bad certificate name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (it must match the node name)"
-        )
+    _check_name(name)
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     for path in (key_path, cert_path):
         if path.exists():
@@ -84,11 +97,6 @@ def issue(directory: Path, name: str, role: str, ips=(), dns_names=(), days: int
 
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
-    try:
-        ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -102,12 +110,27 @@ def issue(directory: Path, name: str, role: str, ips=(), dns_names=(), days: int
         .add_extension(x509.ExtendedKeyUsage([ROLE_USAGE[role]]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(aki, critical=False)
+        .add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     _write_private(key_path, key)
     _write_public(cert_path, cert)
     return cert_path, key_path
+
+
+def _check_name(name) -> None:
+    if not isinstance(name, str) or not NODE_NAME.fullmatch(name):
+        raise PKIError(
+            f"bad certificate name {name!r}: use 1-64 letters, digits, '.', '_' or '-' (it must match the node name)"
+        )
+
+
+def _authority_key_id(ca_cert: x509.Certificate, ca_key) -> x509.AuthorityKeyIdentifier:
+    try:
+        ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
 
 
 def _serial() -> int:
@@ -184,6 +207,203 @@ def _load_ca(directory: Path):
     return ca_cert, ca_key
 
 
+# --- revoking certificates
+
+
+def revoke(directory: Path, name: str, days: int = CRL_DAYS) -> tuple[Path, int]:
+    """Add DIR/NAME.crt to DIR/crl.pem, then move NAME.crt/.key to DIR/revoked/; returns (crl, serial)."""
+    directory = Path(directory)
+    _check_name(name)
+    _check_days(days)
+    cert_path = directory / f"{name}.crt"
+    ca_cert, ca_key = _load_ca(directory)
+    if not cert_path.exists():
+        gone = sorted((directory / REVOKED_DIR).glob(f"{name}-*.crt"), key=lambda p: p.stat().st_mtime)
+        if gone:
+            raise PKIError(f"{cert_path} does not exist: {name} was already revoked ({gone[-1]}); nothing to revoke")
+        raise PKIError(f"{cert_path} does not exist: give the NAME of a certificate issued in {directory}")
+    cert = _parse_certs(cert_path, _read(cert_path, "run as a user who can read the CA"), "a certificate")[0]
+    if _is_ca(cert) or _public_der(cert.public_key()) == _public_der(ca_cert.public_key()):
+        raise PKIError(f"{cert_path} is a CA certificate: revoke hub and spoke certificates only")
+    if not _issued_by(cert, ca_cert):
+        raise PKIError(
+            f"{cert_path}: not issued by the CA in {directory} (its issuer is "
+            f"{cert.issuer.rfc4514_string() or 'empty'}); revoke it with the CA that issued it"
+        )
+    crl_path = _write_crl(directory, ca_cert, ca_key, [cert.serial_number], days)
+    _move_aside(directory, name, cert.serial_number)
+    return crl_path, cert.serial_number
+
+
+def make_crl(directory: Path, days: int = CRL_DAYS) -> Path:
+    """(Re)write DIR/crl.pem: the revocations it already lists, a fresh date and a new number."""
+    directory = Path(directory)
+    _check_days(days)
+    ca_cert, ca_key = _load_ca(directory)
+    return _write_crl(directory, ca_cert, ca_key, [], days)
+
+
+def _check_days(days) -> None:
+    if not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise PKIError(f"days must be a whole number from 1 to {MAX_DAYS}, not {days!r}")
+
+
+def _write_crl(directory: Path, ca_cert, ca_key, new_serials: list[int], days: int) -> Path:
+    crl_path = directory / CRL_FILE
+    entries: list[x509.RevokedCertificate] = []
+    number = 0
+    if crl_path.exists():
+        old = _parse_crl(crl_path, _read(crl_path, "run as a user who can read the CA"))
+        if not _crl_signed_by(old, [ca_cert]):
+            raise PKIError(
+                f"{crl_path}: not signed by the CA in {directory}; move it aside and run "
+                f"`l2vpn pki crl {directory}` to start a new one"
+            )
+        entries = list(old)
+        number = _crl_number(old)
+    now = dt.datetime.now(dt.timezone.utc)
+    listed = {entry.serial_number for entry in entries}
+    for serial in new_serials:
+        if serial not in listed:
+            entries.append(x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+            listed.add(serial)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - BACKDATE)
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number + 1), critical=False)
+        .add_extension(_authority_key_id(ca_cert, ca_key), critical=False)
+    )
+    for entry in entries:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    # 0644: a CRL is public, and a hub that has dropped root re-reads it.
+    _write_atomic(crl_path, crl.public_bytes(serialization.Encoding.PEM), 0o644)
+    return crl_path
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` whole: write a temporary file beside it, fsync it, rename it over."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode)  # exact, whatever the umask
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise PKIError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _move_aside(directory: Path, name: str, serial: int) -> None:
+    """Move NAME.crt and NAME.key into DIR/revoked/, so NAME can be issued afresh."""
+    folder = directory / REVOKED_DIR
+    _make_dir(folder)
+    for suffix in (".crt", ".key"):
+        src, dst = directory / f"{name}{suffix}", folder / f"{name}-{serial:x}{suffix}"
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            if suffix == ".crt":
+                raise PKIError(f"{src} vanished while it was being revoked (the CRL lists it already)") from None
+        except OSError as exc:
+            raise PKIError(f"cannot move {src} to {dst}: {exc.strerror or exc} (the CRL lists it already)") from None
+
+
+# --- reading CRLs
+
+
+@dataclass(frozen=True)
+class Revocations:
+    """The serials a verified CRL lists, and when it was made and wants renewing."""
+
+    path: Path
+    serials: frozenset[int]
+    last_update: dt.datetime
+    next_update: dt.datetime | None
+
+    def is_revoked(self, serial: int) -> bool:
+        return serial in self.serials
+
+    def expiry_problem(self, now: dt.datetime) -> str | None:
+        """A warning line when nextUpdate has passed or is less than 30 days away; the CRL still applies."""
+        if self.next_update is None:
+            return None
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=dt.timezone.utc)
+        due = f"{self.next_update:%Y-%m-%d %H:%M} UTC"
+        fix = "refresh it with `l2vpn pki crl DIR` on the CA and copy it here"
+        if now >= self.next_update:
+            return f"{self.path}: CRL nextUpdate passed on {due}; it is still enforced, but {fix}"
+        if self.next_update - now <= CRL_WARN:
+            return f"{self.path}: CRL nextUpdate is {due}, less than {CRL_WARN.days} days away; {fix}"
+        return None
+
+
+def load_crl(path: Path, ca_path: Path) -> Revocations:
+    """Read a PEM or DER CRL and check it is signed by the CA in `ca_path`."""
+    crl = _parse_crl(path, _read(path, "check tls.crl in the config"))
+    cas = _parse_certs(ca_path, _read(ca_path), "the CA certificate (tls.ca)")
+    return _verified_revocations(path, crl, cas, ca_path)
+
+
+def _parse_crl(path: Path, data: bytes) -> x509.CertificateRevocationList:
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        raise PKIError(
+            f"{path}: not a CRL (expected -----BEGIN X509 CRL-----; make one with `l2vpn pki crl DIR`)"
+        ) from None
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, cas) -> bool:
+    for ca in cas:
+        try:
+            if crl.issuer == ca.subject and crl.is_signature_valid(ca.public_key()):
+                return True
+        except (TypeError, ValueError, UnsupportedAlgorithm):
+            continue
+    return False
+
+
+def _verified_revocations(path: Path, crl: x509.CertificateRevocationList, cas, ca_path: Path) -> Revocations:
+    if not _crl_signed_by(crl, cas):
+        raise PKIError(
+            f"{path}: not signed by the CA in {ca_path} (its issuer is {crl.issuer.rfc4514_string() or 'empty'}); "
+            f"make it with `l2vpn pki crl DIR` from that CA"
+        )
+    return Revocations(
+        path=Path(path),
+        serials=frozenset(entry.serial_number for entry in crl),
+        last_update=crl.last_update_utc,
+        next_update=crl.next_update_utc,
+    )
+
+
 # --- reading certificates and keys; each failure is one line naming the file
 
 
@@ -255,6 +475,9 @@ def _configure(ctx: ssl.SSLContext, tls: TLSConfig) -> None:
     # Parse first so a bad file is named precisely; OpenSSL's errors rarely say which.
     _parse_certs(tls.ca, _read(tls.ca), "the CA certificate (tls.ca)")
     cert = _parse_certs(tls.cert, _read(tls.cert), "this node's certificate (tls.cert)")[0]
+    exposed = key_mode_problem(tls.key)
+    if exposed:
+        raise PKIError(exposed)
     key = _parse_key(tls.key, _read(tls.key))
     if not _same_public_key(cert, key):
         raise PKIError(f"{tls.key} does not match {tls.cert}: point tls.key at the key the certificate was issued for")
@@ -281,6 +504,35 @@ def peer_common_name(tls_object) -> str:
     if len(names) != 1:
         raise PKIError(f"the peer certificate must hold exactly one common name, it holds {len(names)}")
     return names[0]
+
+
+def cert_serial(der: bytes) -> int:
+    """The serial number of a DER certificate."""
+    try:
+        return x509.load_der_x509_certificate(der).serial_number
+    except ValueError:
+        raise PKIError("the peer certificate is not valid DER") from None
+
+
+def peer_serial(tls_object) -> int:
+    """The serial of the peer's verified certificate (an SSLSocket or SSLObject)."""
+    der = tls_object.getpeercert(binary_form=True)
+    if not der:
+        raise PKIError("the peer presented no verified certificate")
+    return cert_serial(der)
+
+
+def key_mode_problem(path: Path) -> str | None:
+    """The line refusing a private key open to group or others; None if fine or unreadable."""
+    # Group access is refused too: the daemon reads its key as root, before it drops to
+    # `user:`, so no group ever needs it.
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None  # the read that follows names the problem
+    if mode & 0o077:
+        return f"{path}: private key is open to group or others (mode {mode:04o}); refusing to use it: chmod 600 {path}"
+    return None
 
 
 # --- checking a node's files before it runs
@@ -313,7 +565,17 @@ def check_tls(tls: TLSConfig, role: str, node: str, now: dt.datetime | None = No
     cert = certs[0] if certs else None
 
     if key_data is not None:
-        problems += _key_mode_problems(tls.key)
+        exposed = key_mode_problem(tls.key)
+        if exposed:
+            problems.append(exposed)
+    revocations = None
+    if tls.crl is not None:
+        # An overdue nextUpdate is only a warning (the hub still enforces the CRL), and
+        # these lines are all problems, so expiry is left to Revocations.expiry_problem.
+        crl_data = attempt(_read, tls.crl, "check tls.crl in the config")
+        crl = attempt(_parse_crl, tls.crl, crl_data) if crl_data is not None else None
+        if crl is not None and cas:
+            revocations = attempt(_verified_revocations, tls.crl, crl, cas, tls.ca)
     for ca in cas or ():
         if not _is_ca(ca):
             problems.append(f"{tls.ca}: {_describe(ca)} is not a CA certificate (point tls.ca at the CA's ca.crt)")
@@ -331,6 +593,10 @@ def check_tls(tls: TLSConfig, role: str, node: str, now: dt.datetime | None = No
     reissue = f"issue a new one with `l2vpn pki issue ... {node} --role {role}`"
     problems += _validity_problems(tls.cert, cert, now, reissue)
     problems += _usage_problems(tls.cert, cert, role, node)
+    if revocations is not None and revocations.is_revoked(cert.serial_number):
+        problems.append(
+            f"{tls.cert}: {_describe(cert)} (serial {cert.serial_number:#x}) is revoked by {tls.crl}; {reissue}"
+        )
 
     cn = _common_name(cert)
     if role == "spoke" and cn != node:
@@ -340,16 +606,6 @@ def check_tls(tls: TLSConfig, role: str, node: str, now: dt.datetime | None = No
             f"({fix})"
         )
     return problems
-
-
-def _key_mode_problems(path: Path) -> list[str]:
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return []
-    if mode & 0o077:
-        return [f"{path}: private key is open to group or others (mode {mode:04o}): chmod 600 {path}"]
-    return []
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -1,3 +1,4 @@
+import datetime as dt
 import logging
 import os
 import stat
@@ -74,7 +75,7 @@ def lines(text):
 @pytest.mark.parametrize("argv", [
     ["--help"], ["hub", "--help"], ["spoke", "--help"], ["check", "--help"],
     ["status", "--help"], ["pki", "--help"], ["pki", "init", "--help"],
-    ["pki", "issue", "--help"],
+    ["pki", "issue", "--help"], ["pki", "revoke", "--help"], ["pki", "crl", "--help"],
 ])
 def test_help_of_every_verb_exits_0(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -84,7 +85,9 @@ def test_help_of_every_verb_exits_0(argv, capsys):
 
 
 @pytest.mark.parametrize("argv", [["hub"], ["spoke"], ["check"], [], ["pki"],
-                                  ["pki", "issue", "DIR", "x"], ["frobnicate"]])
+                                  ["pki", "issue", "DIR", "x"], ["pki", "revoke", "DIR"],
+                                  ["pki", "crl"], ["pki", "crl", "DIR", "--days", "ten"],
+                                  ["frobnicate"]])
 def test_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -148,6 +151,105 @@ def test_pki_issue_bad_name_exit_2(tmp_path, capsys):
     main(["pki", "init", str(tmp_path)])
     assert main(["pki", "issue", str(tmp_path), "bad name", "--role", "spoke"]) == 2
     assert "bad certificate name" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fresh_ca(tmp_path):
+    d = tmp_path / "ca"
+    pki.init_ca(d)
+    pki.issue(d, "hub", "hub")
+    pki.issue(d, "site-a", "spoke")
+    pki.issue(d, "site-b", "spoke")
+    return d
+
+
+HUB_HINT = ("put it where the hub's tls.crl points; a running hub picks it up within 1 s "
+            "(or send it SIGHUP)")
+
+
+def test_pki_crl_writes_the_crl(fresh_ca, capsys):
+    assert main(["pki", "crl", str(fresh_ca)]) == 0
+    crl = fresh_ca / "crl.pem"
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"CRL {crl} lists 0 revoked certificates", HUB_HINT]
+    assert main(["pki", "crl", str(fresh_ca), "--days", "30"]) == 0
+    loaded = pki.load_crl(crl, fresh_ca / "ca.crt")
+    assert loaded.next_update - loaded.last_update < dt.timedelta(days=31)
+
+
+def test_pki_revoke_prints_the_serial_and_the_count(fresh_ca, capsys):
+    serials = [x509.load_pem_x509_certificate((fresh_ca / f"{n}.crt").read_bytes()).serial_number
+               for n in ("site-a", "site-b")]
+    crl = fresh_ca / "crl.pem"
+    assert main(["pki", "revoke", str(fresh_ca), "site-a"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"revoked site-a (serial {serials[0]:#x}); {crl} lists 1 revoked certificate",
+        HUB_HINT,
+        f"moved to {fresh_ca / 'revoked'}: site-a-{serials[0]:x}.crt, site-a-{serials[0]:x}.key",
+    ]
+    (fresh_ca / "site-b.key").unlink()
+    assert main(["pki", "revoke", str(fresh_ca), "site-b", "--days", "400"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"revoked site-b (serial {serials[1]:#x}); {crl} lists 2 revoked certificates"
+    assert out[2] == f"moved to {fresh_ca / 'revoked'}: site-b-{serials[1]:x}.crt"
+    assert pki.load_crl(crl, fresh_ca / "ca.crt").serials == set(serials)
+    assert main(["pki", "crl", str(fresh_ca)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"CRL {crl} lists 2 revoked certificates"
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["site-z"], "site-z.crt does not exist"),
+    (["bad name"], "bad certificate name 'bad name'"),
+    (["ca"], "ca.crt is a CA certificate"),
+    (["site-a", "--days", "0"], "days must be a whole number from 1 to"),
+])
+def test_pki_revoke_errors_are_one_line_exit_2(fresh_ca, capsys, argv, needle):
+    assert main(["pki", "revoke", str(fresh_ca), *argv]) == 2
+    captured = capsys.readouterr()
+    err = lines(captured.err)
+    assert len(err) == 1 and err[0].startswith("l2vpn: ") and needle in err[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert (fresh_ca / "site-a.crt").exists() and not (fresh_ca / "crl.pem").exists()
+
+
+def test_pki_revoke_twice_says_it_was_revoked(fresh_ca, capsys):
+    assert main(["pki", "revoke", str(fresh_ca), "site-a"]) == 0
+    capsys.readouterr()
+    assert main(["pki", "revoke", str(fresh_ca), "site-a"]) == 2
+    err = lines(capsys.readouterr().err)
+    assert len(err) == 1 and "site-a was already revoked" in err[0]
+
+
+def test_pki_crl_without_a_ca_or_with_a_foreign_crl_exit_2(fresh_ca, tmp_path, capsys):
+    assert main(["pki", "crl", str(tmp_path / "none")]) == 2
+    assert lines(capsys.readouterr().err) == [
+        f"l2vpn: no CA in {tmp_path / 'none'}: run `l2vpn pki init {tmp_path / 'none'}` first"]
+    other = tmp_path / "other"
+    pki.init_ca(other)
+    (fresh_ca / "crl.pem").write_bytes(pki.make_crl(other).read_bytes())
+    assert main(["pki", "crl", str(fresh_ca)]) == 2
+    err = lines(capsys.readouterr().err)
+    assert len(err) == 1
+    assert err[0].startswith(f"l2vpn: {fresh_ca / 'crl.pem'}: not signed by the CA")
+
+
+def test_check_reports_a_revoked_certificate(fresh_ca, tmp_path, capsys):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for suffix in (".crt", ".key"):
+        (kept / f"hub{suffix}").write_bytes((fresh_ca / f"hub{suffix}").read_bytes())
+    (kept / "hub.key").chmod(0o600)
+    main(["pki", "revoke", str(fresh_ca), "hub"])
+    doc = hub_doc(fresh_ca, tmp_path)
+    doc["tls"].update(cert=str(kept / "hub.crt"), key=str(kept / "hub.key"),
+                      crl=str(fresh_ca / "crl.pem"))
+    path = write_config(tmp_path, doc)
+    capsys.readouterr()
+    assert main(["check", "-c", str(path)]) == 2
+    out = lines(capsys.readouterr().out)
+    assert len(out) == 1
+    assert out[0].startswith(f"{path}: tls.cert: {kept / 'hub.crt'}: certificate 'hub'")
+    assert f"is revoked by {fresh_ca / 'crl.pem'}" in out[0]
 
 
 # -- check ---------------------------------------------------------------------------
@@ -258,6 +360,26 @@ def test_node_with_a_key_that_does_not_match_exits_2_naming_tls_key(verb, ca, tm
     err = lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith(f"{path}: tls.key: ")
     assert "does not match" in err[0]
+    assert not os.path.exists(doc["management"]["socket"])
+
+
+@pytest.mark.parametrize("verb", ["hub", "spoke"])
+def test_node_with_a_key_open_to_others_exits_2_naming_tls_key(verb, ca, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.setattr(hub, "listen", refuse)
+    monkeypatch.setattr(spoke, "connect", refuse)
+    monkeypatch.setattr(hub.Hub, "open_tap", refuse)
+    monkeypatch.setattr(spoke.Spoke, "open_tap", refuse)
+    doc = hub_doc(ca, tmp_path) if verb == "hub" else spoke_doc(ca, tmp_path)
+    key = tmp_path / "exposed.key"
+    key.write_bytes(open(doc["tls"]["key"], "rb").read())
+    key.chmod(0o644)
+    doc["tls"]["key"] = str(key)
+    path = write_config(tmp_path, doc)
+    assert main([verb, "-c", str(path)]) == 2
+    err = lines(capsys.readouterr().err)
+    assert err == [f"{path}: tls.key: {key}: private key is open to group or others (mode 0644); "
+                   f"refusing to use it: chmod 600 {key}"]
     assert not os.path.exists(doc["management"]["socket"])
 
 

@@ -6,6 +6,7 @@ import socket
 import ssl
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -299,7 +300,7 @@ def test_check_tls_reports_a_key_open_to_others(ca_dir, tmp_path):
     (d / "site-a.key").chmod(0o640)
     key = d / "site-a.key"
     assert pki.check_tls(tls_for(d, "site-a"), "spoke", "site-a") == [
-        f"{key}: private key is open to group or others (mode 0640): chmod 600 {key}"
+        f"{key}: private key is open to group or others (mode 0640); refusing to use it: chmod 600 {key}"
     ]
 
 
@@ -479,11 +480,11 @@ def test_openssl_made_rsa_ca_and_certificates_work(tmp_path, tls_pair):
 
 
 class FakePeer:
-    def __init__(self, cert):
-        self.cert = cert
+    def __init__(self, cert, der=None):
+        self.cert, self.der = cert, der
 
-    def getpeercert(self):
-        return self.cert
+    def getpeercert(self, binary_form=False):
+        return self.der if binary_form else self.cert
 
 
 def test_peer_common_name_refuses_missing_or_ambiguous_names():
@@ -493,3 +494,423 @@ def test_peer_common_name_refuses_missing_or_ambiguous_names():
     with pytest.raises(PKIError, match="exactly one common name, it holds 2"):
         pki.peer_common_name(FakePeer(two))
     assert pki.peer_common_name(FakePeer({"subject": ((("organizationName", "x"),), (("commonName", "c"),))})) == "c"
+
+
+
+# --- revocation
+
+
+@pytest.fixture
+def own_ca(tmp_path):
+    """A CA of this test's own (revoke changes it) with a hub and two spokes."""
+    d = tmp_path / "pki"
+    pki.init_ca(d)
+    pki.issue(d, "hub", "hub")
+    pki.issue(d, "site-a", "spoke")
+    pki.issue(d, "site-b", "spoke")
+    return d
+
+
+def serial_of(path):
+    return load_cert(path).serial_number
+
+
+def load_crl_object(path):
+    return x509.load_pem_x509_crl(path.read_bytes())
+
+
+def crl_number(path):
+    return load_crl_object(path).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_make_crl_then_revoke_two_names(own_ca):
+    ca = own_ca / "ca.crt"
+    assert pki.make_crl(own_ca) == own_ca / pki.CRL_FILE == own_ca / "crl.pem"
+    assert pki.load_crl(own_ca / "crl.pem", ca).serials == frozenset()
+    a, b, hub = (serial_of(own_ca / f"{n}.crt") for n in ("site-a", "site-b", "hub"))
+    assert pki.revoke(own_ca, "site-a") == (own_ca / "crl.pem", a)
+    assert pki.load_crl(own_ca / "crl.pem", ca).serials == {a}
+    assert pki.revoke(own_ca, "site-b") == (own_ca / "crl.pem", b)
+    revocations = pki.load_crl(own_ca / "crl.pem", ca)
+    assert revocations.serials == {a, b}
+    assert revocations.is_revoked(a) and revocations.is_revoked(b) and not revocations.is_revoked(hub)
+
+
+def test_revoke_makes_the_crl_when_there_is_none(own_ca):
+    crl, serial = pki.revoke(own_ca, "site-a")
+    assert pki.load_crl(crl, own_ca / "ca.crt").serials == {serial}
+
+
+def test_crl_contents(own_ca):
+    before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    crl_path, serial = pki.revoke(own_ca, "site-a", days=90)
+    after = dt.datetime.now(dt.timezone.utc)
+    crl = load_crl_object(crl_path)
+    ca = load_cert(own_ca / "ca.crt")
+    assert crl.is_signature_valid(ca.public_key())
+    assert isinstance(crl.signature_hash_algorithm, hashes.SHA256)
+    assert crl.issuer == ca.subject
+    aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert before - pki.BACKDATE <= crl.last_update_utc <= after - pki.BACKDATE
+    assert before + dt.timedelta(days=90) <= crl.next_update_utc <= after + dt.timedelta(days=90)
+    (entry,) = list(crl)
+    assert entry.serial_number == serial
+    assert before <= entry.revocation_date_utc <= after
+
+
+def test_openssl_verifies_our_crl(own_ca):
+    crl_path, _ = pki.revoke(own_ca, "site-a")
+    done = subprocess.run(["openssl", "crl", "-in", str(crl_path), "-CAfile", str(own_ca / "ca.crt"), "-noout"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "verify OK" in done.stdout + done.stderr
+
+
+def test_crl_number_increases_and_entries_are_kept(own_ca):
+    pki.make_crl(own_ca)
+    assert crl_number(own_ca / "crl.pem") == 1
+    _, serial = pki.revoke(own_ca, "site-a")
+    assert crl_number(own_ca / "crl.pem") == 2
+    pki.make_crl(own_ca, days=30)
+    assert crl_number(own_ca / "crl.pem") == 3
+    revocations = pki.load_crl(own_ca / "crl.pem", own_ca / "ca.crt")
+    assert revocations.serials == {serial}
+    assert revocations.next_update - revocations.last_update < dt.timedelta(days=31)
+
+
+def test_crl_days_must_be_sensible(own_ca):
+    for days in (0, -1, pki.MAX_DAYS + 1):
+        with pytest.raises(PKIError, match="days must be a whole number from 1 to"):
+            pki.make_crl(own_ca, days=days)
+    assert not (own_ca / "crl.pem").exists()
+
+
+def test_load_crl_refuses_a_crl_from_another_ca(own_ca, other_ca_dir, tmp_path):
+    foreign = tmp_path / "foreign.pem"
+    other = copy_pki(other_ca_dir, tmp_path / "other", "ca.crt", "ca.key")
+    foreign.write_bytes(pki.make_crl(other).read_bytes())
+    with pytest.raises(PKIError) as info:
+        pki.load_crl(foreign, own_ca / "ca.crt")
+    message = str(info.value)
+    assert message.startswith(f"{foreign}: not signed by the CA in {own_ca / 'ca.crt'} (its issuer is CN=someone else")
+    assert "\n" not in message
+
+
+def test_load_crl_refuses_a_crl_signed_by_another_key_with_the_same_name(own_ca, tmp_path):
+    twin = tmp_path / "twin"
+    pki.init_ca(twin)  # also "CN=l2vpn CA", but another key
+    with pytest.raises(PKIError, match="not signed by the CA in"):
+        pki.load_crl(pki.make_crl(twin), own_ca / "ca.crt")
+
+
+def test_make_crl_refuses_to_extend_a_crl_it_did_not_sign(own_ca, tmp_path):
+    other = tmp_path / "other"
+    pki.init_ca(other)
+    foreign = pki.make_crl(other).read_bytes()
+    (own_ca / "crl.pem").write_bytes(foreign)
+    for attempt in (lambda: pki.make_crl(own_ca), lambda: pki.revoke(own_ca, "site-a")):
+        with pytest.raises(PKIError, match=f"^{own_ca / 'crl.pem'}: not signed by the CA in {own_ca}; move it aside"):
+            attempt()
+    assert (own_ca / "crl.pem").read_bytes() == foreign
+    assert (own_ca / "site-a.crt").exists()
+
+
+def test_revoke_a_name_that_was_never_issued(own_ca):
+    with pytest.raises(PKIError) as info:
+        pki.revoke(own_ca, "site-z")
+    assert str(info.value) == (
+        f"{own_ca / 'site-z.crt'} does not exist: give the NAME of a certificate issued in {own_ca}"
+    )
+    assert not (own_ca / "crl.pem").exists()
+
+
+def test_revoke_without_a_ca(tmp_path):
+    with pytest.raises(PKIError, match=r"no CA in .*: run `l2vpn pki init"):
+        pki.revoke(tmp_path, "site-a")
+
+
+def test_revoke_refuses_a_certificate_from_another_ca(own_ca, other_ca_dir):
+    shutil.copy(other_ca_dir / "site-a.crt", own_ca / "intruder.crt")
+    with pytest.raises(PKIError) as info:
+        pki.revoke(own_ca, "intruder")
+    assert str(info.value).startswith(
+        f"{own_ca / 'intruder.crt'}: not issued by the CA in {own_ca} (its issuer is CN=someone else's CA)"
+    )
+    assert (own_ca / "intruder.crt").exists()
+    assert not (own_ca / "crl.pem").exists() and not (own_ca / "revoked").exists()
+
+
+def test_revoke_refuses_the_ca_itself_and_bad_names(own_ca):
+    with pytest.raises(PKIError, match="ca.crt is a CA certificate: revoke hub and spoke certificates only"):
+        pki.revoke(own_ca, "ca")
+    with pytest.raises(PKIError, match="bad certificate name '../site-a'"):
+        pki.revoke(own_ca, "../site-a")
+    assert sorted(p.name for p in own_ca.iterdir()) == [
+        "ca.crt", "ca.key", "hub.crt", "hub.key", "site-a.crt", "site-a.key", "site-b.crt", "site-b.key"
+    ]
+
+
+def test_revoke_moves_the_files_aside_so_the_name_can_be_issued_again(own_ca):
+    old_key = (own_ca / "site-a.key").read_bytes()
+    crl, serial = pki.revoke(own_ca, "site-a")
+    folder = own_ca / "revoked"
+    assert mode(folder) == 0o700
+    assert sorted(p.name for p in folder.iterdir()) == [f"site-a-{serial:x}.crt", f"site-a-{serial:x}.key"]
+    assert serial_of(folder / f"site-a-{serial:x}.crt") == serial
+    assert (folder / f"site-a-{serial:x}.key").read_bytes() == old_key
+    assert mode(folder / f"site-a-{serial:x}.key") == 0o600
+    assert not (own_ca / "site-a.crt").exists() and not (own_ca / "site-a.key").exists()
+
+    pki.issue(own_ca, "site-a", "spoke")
+    fresh = serial_of(own_ca / "site-a.crt")
+    assert fresh != serial
+    assert not pki.load_crl(crl, own_ca / "ca.crt").is_revoked(fresh)
+    tls = TLSConfig(own_ca / "ca.crt", own_ca / "site-a.crt", own_ca / "site-a.key", crl=crl)
+    assert pki.check_tls(tls, "spoke", "site-a") == []
+
+
+def test_revoke_a_certificate_without_its_key(own_ca):
+    (own_ca / "site-a.key").unlink()
+    _, serial = pki.revoke(own_ca, "site-a")
+    assert [p.name for p in (own_ca / "revoked").iterdir()] == [f"site-a-{serial:x}.crt"]
+
+
+def test_revoke_again_is_idempotent(own_ca):
+    crl, serial = pki.revoke(own_ca, "site-a")
+    # As if the move had failed after the CRL was written: the certificate is back in place.
+    shutil.copy(own_ca / "revoked" / f"site-a-{serial:x}.crt", own_ca / "site-a.crt")
+    assert pki.revoke(own_ca, "site-a") == (crl, serial)
+    assert [entry.serial_number for entry in load_crl_object(crl)] == [serial]
+    assert crl_number(crl) == 2
+    with pytest.raises(PKIError) as info:
+        pki.revoke(own_ca, "site-a")
+    assert str(info.value) == (
+        f"{own_ca / 'site-a.crt'} does not exist: site-a was already revoked "
+        f"({own_ca / 'revoked' / f'site-a-{serial:x}.crt'}); nothing to revoke"
+    )
+
+
+def test_crl_is_replaced_atomically(own_ca, monkeypatch):
+    pki.make_crl(own_ca)
+    pki.revoke(own_ca, "site-a")
+    assert sorted(p.name for p in own_ca.iterdir() if p.name.startswith(".") or "crl" in p.name) == ["crl.pem"]
+    before = (own_ca / "crl.pem").read_bytes()
+
+    def fail(src, dst):
+        assert os.path.dirname(src) == str(own_ca)  # the temporary file sits beside the CRL
+        assert Path(src).read_bytes().startswith(b"-----BEGIN X509 CRL-----")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(PKIError) as info:
+        pki.revoke(own_ca, "site-b")
+    assert str(info.value) == f"cannot write {own_ca / 'crl.pem'}: No space left on device"
+    assert (own_ca / "crl.pem").read_bytes() == before
+    assert (own_ca / "site-b.crt").exists()
+    assert sorted(p.name for p in own_ca.iterdir() if p.name.startswith(".") or "crl" in p.name) == ["crl.pem"]
+
+
+def test_crl_mode_is_0644_whatever_the_umask(own_ca):
+    old = os.umask(0o077)
+    try:
+        pki.make_crl(own_ca)
+        assert mode(own_ca / "crl.pem") == 0o644
+        pki.revoke(own_ca, "site-a")
+    finally:
+        os.umask(old)
+    assert mode(own_ca / "crl.pem") == 0o644
+
+
+def revocations(due, path="/etc/l2vpn/crl.pem"):
+    now = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+    next_update = None if due is None else now + due
+    return now, pki.Revocations(Path(path), frozenset({7}), now - dt.timedelta(days=1), next_update)
+
+
+@pytest.mark.parametrize("due, expected", [
+    (dt.timedelta(days=-1), "/etc/l2vpn/crl.pem: CRL nextUpdate passed on 2029-12-31 00:00 UTC; it is still "
+                            "enforced, but refresh it with `l2vpn pki crl DIR` on the CA and copy it here"),
+    (dt.timedelta(0), "/etc/l2vpn/crl.pem: CRL nextUpdate passed on 2030-01-01 00:00 UTC; it is still "
+                      "enforced, but refresh it with `l2vpn pki crl DIR` on the CA and copy it here"),
+    (dt.timedelta(days=29), "/etc/l2vpn/crl.pem: CRL nextUpdate is 2030-01-30 00:00 UTC, less than 30 days away; "
+                            "refresh it with `l2vpn pki crl DIR` on the CA and copy it here"),
+    (dt.timedelta(days=31), None),
+    (None, None),
+])
+def test_expiry_problem(due, expected):
+    now, crl = revocations(due)
+    assert crl.expiry_problem(now) == expected
+    assert crl.expiry_problem(now.replace(tzinfo=None)) == expected
+
+
+def test_expiry_problem_of_made_crls(own_ca):
+    now = dt.datetime.now(dt.timezone.utc)
+    pki.make_crl(own_ca, days=10)
+    assert "less than 30 days away" in pki.load_crl(own_ca / "crl.pem", own_ca / "ca.crt").expiry_problem(now)
+    pki.make_crl(own_ca)
+    fresh = pki.load_crl(own_ca / "crl.pem", own_ca / "ca.crt")
+    assert fresh.expiry_problem(now) is None
+    assert "nextUpdate passed" in fresh.expiry_problem(now + dt.timedelta(days=pki.CRL_DAYS + 1))
+
+
+def test_load_crl_accepts_der(own_ca, tmp_path):
+    _, serial = pki.revoke(own_ca, "site-a")
+    der = tmp_path / "crl.der"
+    der.write_bytes(load_crl_object(own_ca / "crl.pem").public_bytes(serialization.Encoding.DER))
+    revocations = pki.load_crl(der, own_ca / "ca.crt")
+    assert revocations.serials == {serial} and revocations.path == der
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"", b"-----BEGIN X509 CRL-----\nnope\n-----END X509 CRL-----\n",
+                                     b"\x30\x03\x02\x01\x00"])
+def test_load_crl_refuses_what_is_not_a_crl(own_ca, tmp_path, content):
+    path = tmp_path / "crl.pem"
+    path.write_bytes(content)
+    with pytest.raises(PKIError) as info:
+        pki.load_crl(path, own_ca / "ca.crt")
+    assert str(info.value) == (
+        f"{path}: not a CRL (expected -----BEGIN X509 CRL-----; make one with `l2vpn pki crl DIR`)"
+    )
+
+
+def test_load_crl_refuses_a_certificate_given_as_crl(own_ca):
+    with pytest.raises(PKIError, match="not a CRL"):
+        pki.load_crl(own_ca / "ca.crt", own_ca / "ca.crt")
+
+
+def test_load_crl_unreadable_files(own_ca, tmp_path):
+    with pytest.raises(PKIError) as info:
+        pki.load_crl(tmp_path / "nope.pem", own_ca / "ca.crt")
+    assert str(info.value) == (
+        f"{tmp_path / 'nope.pem'}: cannot read: No such file or directory (check tls.crl in the config)"
+    )
+    crl = pki.make_crl(own_ca)
+    with pytest.raises(PKIError, match=f"^{tmp_path / 'ca.crt'}: cannot read: No such file"):
+        pki.load_crl(crl, tmp_path / "ca.crt")
+
+
+def test_check_tls_with_a_crl(own_ca, other_ca_dir, tmp_path):
+    def check(name, crl, role="spoke", **kw):
+        tls = TLSConfig(own_ca / "ca.crt", own_ca / f"{name}.crt", own_ca / f"{name}.key", crl=crl)
+        return pki.check_tls(tls, role, name, **kw)
+
+    crl = pki.make_crl(own_ca, days=1)
+    assert check("site-a", crl) == []
+    # An overdue CRL is still enforced by the hub: not a problem for check_tls.
+    assert check("site-a", crl, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)) == []
+
+    serial = serial_of(own_ca / "site-a.crt")
+    kept = tmp_path / "site-a"
+    kept.mkdir()
+    shutil.copy(own_ca / "site-a.crt", kept / "site-a.crt")
+    shutil.copy(own_ca / "site-a.key", kept / "site-a.key")
+    pki.revoke(own_ca, "site-a")
+    tls = TLSConfig(own_ca / "ca.crt", kept / "site-a.crt", kept / "site-a.key", crl=crl)
+    assert pki.check_tls(tls, "spoke", "site-a") == [
+        f"{tls.cert}: certificate 'site-a' (serial {serial:#x}) is revoked by {crl}; "
+        "issue a new one with `l2vpn pki issue ... site-a --role spoke`"
+    ]
+    assert check("hub", crl, role="hub") == []
+
+    assert check("hub", tmp_path / "nope.pem", role="hub") == [
+        f"{tmp_path / 'nope.pem'}: cannot read: No such file or directory (check tls.crl in the config)"
+    ]
+    (tmp_path / "junk.pem").write_text("junk")
+    assert check("hub", tmp_path / "junk.pem", role="hub") == [
+        f"{tmp_path / 'junk.pem'}: not a CRL (expected -----BEGIN X509 CRL-----; make one with `l2vpn pki crl DIR`)"
+    ]
+    other = copy_pki(other_ca_dir, tmp_path / "other", "ca.crt", "ca.key")
+    (line,) = check("hub", pki.make_crl(other), role="hub")
+    assert line.startswith(f"{other / 'crl.pem'}: not signed by the CA in {own_ca / 'ca.crt'}")
+
+
+def test_check_tls_with_an_unreadable_ca_does_not_judge_the_crl(own_ca, tmp_path):
+    crl = pki.make_crl(own_ca)
+    tls = TLSConfig(tmp_path / "ca.crt", own_ca / "hub.crt", own_ca / "hub.key", crl=crl)
+    assert pki.check_tls(tls, "hub", "hub") == [
+        f"{tmp_path / 'ca.crt'}: cannot read: No such file or directory (check the tls paths in the config)"
+    ]
+
+
+# --- private key modes
+
+
+@pytest.mark.parametrize("key_mode, exposed", [(0o600, False), (0o400, False), (0o640, True), (0o644, True),
+                                                (0o604, True), (0o620, True)])
+def test_key_mode_problem(tmp_path, key_mode, exposed):
+    key = tmp_path / "node.key"
+    key.write_text("secret")
+    key.chmod(key_mode)
+    expected = (
+        f"{key}: private key is open to group or others (mode {key_mode:04o}); refusing to use it: chmod 600 {key}"
+    )
+    assert pki.key_mode_problem(key) == (expected if exposed else None)
+
+
+def test_key_mode_problem_leaves_a_missing_key_to_the_read(tmp_path):
+    assert pki.key_mode_problem(tmp_path / "nope.key") is None
+
+
+@pytest.mark.parametrize("make", [pki.hub_context, lambda tls: pki.spoke_context(tls, None)])
+def test_contexts_refuse_a_key_open_to_others(ca_dir, tmp_path, make):
+    d = copy_pki(ca_dir, tmp_path / "d", "ca.crt", "hub.crt", "hub.key")
+    key = d / "hub.key"
+    make(tls_for(d, "hub"))  # 0600: fine
+    key.chmod(0o644)
+    with pytest.raises(PKIError) as info:
+        make(tls_for(d, "hub"))
+    assert str(info.value) == (
+        f"{key}: private key is open to group or others (mode 0644); refusing to use it: chmod 600 {key}"
+    )
+
+
+# --- peer serials
+
+
+def memory_handshake(client_ctx, server_ctx, server_hostname=None):
+    """Handshake two SSLObjects over MemoryBIOs, shuttling bytes by hand: no sockets at all."""
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    client = client_ctx.wrap_bio(bios[0], bios[1], server_hostname=server_hostname)
+    server = server_ctx.wrap_bio(bios[2], bios[3], server_side=True)
+    done = set()
+    for _ in range(20):
+        for name, side in (("client", client), ("server", server)):
+            if name not in done:
+                try:
+                    side.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+        bios[2].write(bios[1].read())
+        bios[0].write(bios[3].read())
+        if len(done) == 2:
+            return client, server
+    raise AssertionError(f"handshake stalled; done: {done}")
+
+
+def test_peer_serial_over_memory_bios(ca_dir):
+    client, server = memory_handshake(pki.spoke_context(tls_for(ca_dir, "site-a"), "hub"),
+                                      pki.hub_context(tls_for(ca_dir, "hub")), "hub")
+    assert isinstance(server, ssl.SSLObject)
+    assert pki.peer_serial(server) == serial_of(ca_dir / "site-a.crt")
+    assert pki.peer_serial(client) == serial_of(ca_dir / "hub.crt")
+
+
+def test_peer_serial_over_sockets(ca_dir, tls_pair):
+    client, server, errors = tls_pair(pki.spoke_context(tls_for(ca_dir, "site-a"), None),
+                                      pki.hub_context(tls_for(ca_dir, "hub")))
+    assert errors == {}
+    assert isinstance(server, ssl.SSLSocket)
+    assert pki.peer_serial(server) == serial_of(ca_dir / "site-a.crt")
+
+
+def test_peer_serial_needs_a_certificate():
+    with pytest.raises(PKIError, match="^the peer presented no verified certificate$"):
+        pki.peer_serial(FakePeer(None, None))
+    with pytest.raises(PKIError, match="not valid DER"):
+        pki.peer_serial(FakePeer(None, b"\x30\x00"))
+
+
+def test_cert_serial(ca_dir):
+    cert = load_cert(ca_dir / "site-a.crt")
+    assert pki.cert_serial(cert.public_bytes(serialization.Encoding.DER)) == cert.serial_number
