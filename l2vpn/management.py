@@ -82,8 +82,8 @@ class ManagementServer:
         self.sock.close()
         try:
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        except (FileNotFoundError, PermissionError):
+            pass  # after a privilege drop: the next start replaces the stale socket
 
 
 def _bind(path: str) -> socket.socket:
