@@ -5,22 +5,29 @@ the hub's own TAP, when configured, is the port named `hub`. The switch table de
 the ports carry; frames are in vnet form (virtio-net header first) and each port turns
 them into what its far side takes. When a frame's one destination is backed up, the
 source is paused until that destination drains, so a fast sender slows down instead of
-filling memory.
+filling memory; a destination that stops draining is marked stalled and then loses
+frames instead, so it cannot hold its senders back.
+
+Protection (switch.py does the deciding): loop probes go out of every port each
+`loopguard` interval and come back through the switch as PROBE; the detector's block
+and unblock actions are applied to the switch and logged. Drops are reported once per
+REPORT_S per port, however many frames they were.
 """
 
 import errno
 import logging
+import os
 import resource
 
-from l2vpn import pki
+from l2vpn import guard, loopguard, pki
 from l2vpn.config import NODE_NAME
 from l2vpn.errors import PKIError
 from l2vpn.frame import format_mac
-from l2vpn.logs import RateLimitedLog
+from l2vpn.logs import IntervalCounts, RateLimitedLog
 from l2vpn.node import Node
 from l2vpn.loop import READ
-from l2vpn.offload import VNET_HDR_LEN
-from l2vpn.switch import SwitchTable
+from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN
+from l2vpn.switch import PROBE, SwitchTable
 from l2vpn.transport import CLOSED, Session, format_addr, listen
 from l2vpn.wire import CAP_VNET_HDR
 
@@ -29,6 +36,8 @@ log = logging.getLogger("l2vpn.hub")
 HUB_PORT = "hub"
 ACCEPT_BUDGET = 64
 ACCEPT_REST_S = 0.5
+MAX_PENDING = 1024    # handshakes in progress; past it new connections are closed at once
+REPORT_S = 10.0
 # accept() errors that will repeat until something is freed: rest instead of spinning
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -38,10 +47,23 @@ class Hub(Node):
 
     def __init__(self, cfg, loop=None):
         super().__init__(cfg, loop)
-        self.switch = SwitchTable(aging_s=cfg.switch.aging_s, max_entries=cfg.switch.max_entries)
+        sw = cfg.switch
+        self.guards = {kind: frozenset(g.trusted) for kind, g in
+                       ((guard.DHCP, sw.dhcp_guard), (guard.RA, sw.ra_guard)) if g is not None}
+        self.switch = SwitchTable(
+            aging_s=sw.aging_s, max_entries=sw.max_entries,
+            max_macs_per_port=sw.max_macs_per_port, holddown_s=sw.mac_move_holddown_s,
+            storm_pps=(sw.storm.broadcast_pps, sw.storm.multicast_pps,
+                       sw.storm.unknown_unicast_pps),
+            guards=frozenset(self.guards),
+            intercept=loopguard.PROBE_DST if sw.loop_detection else None)
+        self.loops = loopguard.LoopGuard(os.urandom(32)) if sw.loop_detection else None
         self.sessions = {}        # CN -> Session, only sessions that are up
         self.pending = set()      # handshaking or waiting for the hello
         self.refusals = RateLimitedLog(log)
+        self.reports = IntervalCounts(REPORT_S)   # keys ("drop", port) and ("flap", mac)
+        self._drops_told = {}     # port -> its drop counts when they were last logged
+        self._flappers = {}       # MAC -> (home, claimer) of the flap not yet logged
         self.listener = None
 
     def _start(self):
@@ -51,8 +73,10 @@ class Hub(Node):
         self._closers.append(self.listener.close)
         if self.cfg.tap is not None:
             self.tap = self.open_tap(self.cfg.tap, HUB_PORT, self._forward)
-            self.switch.add_port(self.tap)
+            self._add_port(self.tap, HUB_PORT, self.cfg.tap.mtu)
         self.loop.watch(self.listener, READ, self._accept)
+        if self.loops is not None:
+            self.loop.call_every(self.loops.interval_s, self._send_probes)
         log.info("hub %s listening on %s", self.cfg.node,
                  format_addr((self.cfg.listen.address, self.cfg.listen.port)))
 
@@ -72,6 +96,12 @@ class Hub(Node):
                 else:
                     self.refusals.warning("accept", "accept failed: %s", e)
                 return
+            if len(self.pending) >= MAX_PENDING:
+                sock.close()
+                self.refusals.warning("pending", "%d handshakes in progress: closing the "
+                                      "connection from %s at once", len(self.pending),
+                                      format_addr(addr))
+                continue
             sock.setblocking(False)
             session = Session(
                 self.loop, sock, format_addr(addr), context=self.context, server_side=True,
@@ -94,7 +124,7 @@ class Hub(Node):
         if cn == HUB_PORT and self.tap is not None:
             return f"refused: CN {cn!r} is the name of the hub's own TAP port"
         session.cn = cn
-        return None
+        return self.revoked(session)
 
     def _on_up(self, session):
         if session.name != session.cn:
@@ -107,11 +137,11 @@ class Hub(Node):
         if old is not None:
             log.warning("spoke %s connected again from %s: replacing its session from %s",
                         session.cn, session.remote, old.remote)
-            self.switch.drop_port(old)
+            self._drop_port(old)
             old.goodbye("replaced by a newer session", linger_s=0.2)
         self.pending.discard(session)
         self.sessions[session.cn] = session
-        self.switch.add_port(session)
+        self._add_port(session, session.cn, session.peer.mtu)
         log.info("spoke %s up from %s (%s)", session.cn, session.remote,
                  "super-frames carried whole" if session.vnet else "plain frames")
         return None
@@ -120,28 +150,104 @@ class Hub(Node):
         self.pending.discard(session)
         if self.sessions.get(session.cn) is session:
             del self.sessions[session.cn]
-            flushed = self.switch.drop_port(session)
+            flushed = self._drop_port(session)
             log.info("spoke %s down: %s (%d MACs flushed)", session.cn, reason, flushed)
         elif session.up_since is None:
             self.refusals.warning("refused", "session from %s refused: %s",
-                                  session.remote, reason)
+                                  session.remote, reason.removeprefix("refused: "))
+
+    def peer_sessions(self) -> list:
+        return list(self.sessions.values()) + list(self.pending)
+
+    # -- switch ports ----------------------------------------------------------------
+    def _add_port(self, port, name, mtu):
+        self.switch.add_port(port, mtu=mtu,
+                             trusted={kind for kind, names in self.guards.items() if name in names})
+        if self.loops is not None:
+            self.loops.add_port(port, name)
+
+    def _drop_port(self, port) -> int:
+        if self.loops is not None:
+            for _action, _port, other in self.loops.remove_port(port):
+                log.warning("port %s, blocked for a loop with %s, is gone", _port_name(port),
+                            _port_name(other))
+        gone = {mac for mac, pair in self._flappers.items() if port in pair}
+        self.reports.forget(lambda key: key[1] is port if key[0] == "drop" else key[1] in gone)
+        for mac in gone:
+            del self._flappers[mac]
+        self._drops_told.pop(port, None)
+        return self.switch.drop_port(port)
 
     # -- data path -------------------------------------------------------------------
     def _forward(self, source, frame):
         ports = self.switch.decide(frame, source, self.loop.clock(), VNET_HDR_LEN)
+        if not ports:
+            if ports is PROBE:
+                self._apply(self.loops.on_probe(frame, VNET_HDR_LEN, source, self.loop.clock()))
+            return
         for port in ports:
             port.send_frame(frame)
         if len(ports) == 1:
             dest = ports[0]
-            if dest.congested:
+            if dest.congested and not dest.stalled:
                 source.pause()
                 dest.add_waiter(source)
 
+    # -- loop detection --------------------------------------------------------------
+    def _send_probes(self):
+        now = self.loop.clock()
+        for port, probe in self.loops.probes(now):
+            port.send_frame(PLAIN_HDR + probe)
+        self._apply(self.loops.tick(now))
+
+    def _apply(self, actions):
+        for action, port, other in actions:
+            name, other_name = _port_name(port), _port_name(other)
+            if action == loopguard.BLOCK:
+                self.switch.block(port)
+                log.error("bridging loop between ports %s and %s: a probe sent out of one came "
+                          "back in on the other; blocking %s until the loop is gone (check how "
+                          "the LANs behind them are bridged)", other_name, name, name)
+            else:
+                # Hosts behind `port` were learnt on `other` through the loop: forget them.
+                self.switch.unblock(port)
+                self.switch.flush(other)
+                log.warning("loop between ports %s and %s gone: unblocking %s", other_name,
+                            name, name)
+
+    # -- housekeeping ----------------------------------------------------------------
     def _tick(self):
         now = self.loop.clock()
         self.switch.expire(now)
         for session in list(self.sessions.values()):
             self.check_session_health(session, now)
+        self._report(now)
+
+    def _report(self, now):
+        """Log drops and MAC flaps, at most one line per port (or MAC) per REPORT_S."""
+        sw = self.cfg.switch
+        for port in self.switch.ports:
+            drops = self.switch.port_info(port)["drops"]
+            self.reports.update(("drop", port), sum(drops.values()))
+        for mac, (home, claimer, held) in self.switch.take_flaps().items():
+            self._flappers[mac] = (home, claimer)   # the latest pair is the one to name
+            self.reports.add(("flap", mac), held)
+        for key, count in self.reports.due(now):
+            if key[0] == "drop":
+                port = key[1]
+                drops = self.switch.port_info(port)["drops"]
+                before = self._drops_told.get(port, {})
+                parts = [f"{n - before.get(reason, 0)} {_explain(reason, sw)}"
+                         for reason, n in drops.items() if n != before.get(reason, 0)]
+                self._drops_told[port] = drops
+                log.warning("port %s dropped frames: %s", _port_name(port), "; ".join(parts))
+            else:
+                mac = key[1]
+                home, claimer = self._flappers.pop(mac)
+                log.warning("MAC %s lives on port %s but port %s claimed it %d times in the "
+                            "last %g s: held on %s (mac_move_holddown_s %g)", format_mac(mac),
+                            _port_name(home), _port_name(claimer), count, REPORT_S,
+                            _port_name(home), sw.mac_move_holddown_s)
 
     def _say_goodbye(self):
         for session in list(self.sessions.values()) + list(self.pending):
@@ -151,14 +257,60 @@ class Hub(Node):
         now = self.loop.clock()
         out = self.base_status()
         out["listen"] = format_addr((self.cfg.listen.address, self.cfg.listen.port))
-        out["sessions"] = [s.snapshot(now) for s in sorted(self.sessions.values(),
-                                                           key=lambda s: s.cn)]
+        out["sessions"] = []
+        for s in sorted(self.sessions.values(), key=lambda s: s.cn):
+            snap = s.snapshot(now)
+            snap["switch"] = self.switch.port_info(s)
+            out["sessions"].append(snap)
+        if self.tap is not None:
+            out["tap"]["switch"] = self.switch.port_info(self.tap)
         out["pending"] = len(self.pending)
         out["macs"] = [{"mac": format_mac(mac), "port": port.name, "age_s": round(age, 3)}
                        for mac, port, age in self.switch.entries(now)]
-        out["switch"] = {"entries": len(self.switch), "aging_s": self.cfg.switch.aging_s,
-                         "counters": dict(self.switch.counters)}
+        blocked = self.loops.blocked() if self.loops is not None else {}
+        sw = self.cfg.switch
+        out["switch"] = {
+            "entries": len(self.switch), "aging_s": sw.aging_s,
+            "max_entries": sw.max_entries, "max_macs_per_port": sw.max_macs_per_port,
+            "mac_move_holddown_s": sw.mac_move_holddown_s,
+            "storm": {"broadcast_pps": sw.storm.broadcast_pps,
+                      "multicast_pps": sw.storm.multicast_pps,
+                      "unknown_unicast_pps": sw.storm.unknown_unicast_pps},
+            "dhcp_guard": list(sw.dhcp_guard.trusted) if sw.dhcp_guard else None,
+            "ra_guard": list(sw.ra_guard.trusted) if sw.ra_guard else None,
+            "counters": dict(self.switch.counters),
+            "blocked": [{"port": _port_name(p), "loop_with": _port_name(other),
+                         "since_s": round(now - since, 3)}
+                        for p, (other, since) in blocked.items()],
+        }
+        if self.loops is not None:
+            out["switch"]["loop_detection"] = dict(self.loops.counters)
         return out
+
+
+_EXPLAIN = {
+    "runt": "runt frames (under 14 bytes)",
+    "oversize": "frames over the port MTU plus headers",
+    "group_source": "frames with a multicast source MAC",
+    "blocked": "frames while the port is blocked by loop detection",
+    "dhcp_guard": "DHCP server messages (port not in switch.dhcp_guard.trusted)",
+    "ra_guard": "router advertisements (port not in switch.ra_guard.trusted)",
+    "port_limit": "frames from new MACs past max_macs_per_port ({max_macs_per_port})",
+    "move_held": "frames claiming MACs of another port (mac_move_holddown_s {holddown:g})",
+    "storm_broadcast": "broadcasts over storm.broadcast_pps ({storm.broadcast_pps})",
+    "storm_multicast": "multicasts over storm.multicast_pps ({storm.multicast_pps})",
+    "storm_unknown_unicast": "unknown unicasts over storm.unknown_unicast_pps "
+                             "({storm.unknown_unicast_pps})",
+}
+
+
+def _explain(reason: str, sw) -> str:
+    return _EXPLAIN[reason].format(max_macs_per_port=sw.max_macs_per_port,
+                                   holddown=sw.mac_move_holddown_s, storm=sw.storm)
+
+
+def _port_name(port) -> str:
+    return getattr(port, "cn", None) or port.name
 
 
 def _raise_fd_limit():

@@ -47,3 +47,46 @@ class RateLimitedLog:
 
     def info(self, key: str, msg: str, *args) -> None:
         self.log(logging.INFO, key, msg, *args)
+
+
+class IntervalCounts:
+    """Counts per key, reported at most once per `interval_s`: the first event of a key is
+    due at once, later ones add up until the interval has passed. So a flood of drops
+    or a flapping MAC makes one line per interval, not one per frame."""
+
+    def __init__(self, interval_s: float = 10.0):
+        self.interval_s = interval_s
+        self._pending = {}   # key -> count not yet reported
+        self._last = {}      # key -> when it was last reported
+        self._totals = {}    # key -> the running total update() saw last
+
+    def add(self, key, count: int) -> None:
+        if count:
+            self._pending[key] = self._pending.get(key, 0) + count
+
+    def update(self, key, total: int) -> None:
+        """Add the growth of a running total since the last update of `key`."""
+        before = self._totals.get(key, 0)
+        if total != before:
+            self._totals[key] = total
+            self.add(key, total - before)
+
+    def due(self, now: float) -> list:
+        """[(key, count)] to report now; those keys start a new interval."""
+        out = []
+        for key, count in list(self._pending.items()):
+            last = self._last.get(key)
+            if last is None or now - last >= self.interval_s:
+                out.append((key, count))
+                del self._pending[key]
+                self._last[key] = now
+        for key in [k for k, t in self._last.items()
+                    if now - t >= 2 * self.interval_s and k not in self._pending]:
+            del self._last[key]
+        return out
+
+    def forget(self, pred) -> None:
+        """Drop every key `pred(key)` holds for (a port that is gone)."""
+        for table in (self._pending, self._last, self._totals):
+            for key in [k for k in table if pred(k)]:
+                del table[key]

@@ -1,15 +1,24 @@
-"""What hub and spoke share: the TAP as a port, the management socket, signals, ticks.
+"""What hub and spoke share: the TAP as a port, the management socket, signals, ticks,
+the certificate revocation list and the drop of privileges.
 
 A `Node` is wired once by the CLI and then driven by its event loop. Subclasses say what
 a frame read from the TAP or a session means; this module owns start-up order (the
 things most likely to fail first) and a shutdown that undoes all of it.
+
+Revocation: with `tls.crl` set, the peer's certificate serial is checked once its TLS
+handshake completes, before the hello. The CRL is read again on SIGHUP and whenever
+the file changes (checked every tick); sessions whose certificate it now lists are
+ended, the others are not touched. A CRL that fails to load keeps the previous one.
 """
 
+import datetime as dt
 import logging
 import os
 import signal
 
+from l2vpn import pki, privilege
 from l2vpn import tap as tapdev
+from l2vpn.errors import ConfigError, PKIError
 from l2vpn.frame import format_mac
 from l2vpn.logs import RateLimitedLog
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, needs_work
@@ -33,6 +42,7 @@ class TapPort:
     """
 
     congested = False
+    stalled = False
 
     def __init__(self, loop, device, name, on_frame):
         self.loop = loop
@@ -44,7 +54,7 @@ class TapPort:
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.drops = self.soft_offloads = self.offload_errors = 0
         self._paused = False
-        self.offload_log = RateLimitedLog(log)
+        self.port_log = RateLimitedLog(log)
         loop.watch(self.fd, READ, self._on_readable)
 
     def _on_readable(self, _mask):
@@ -121,6 +131,9 @@ class Node:
         self.management = None
         self._closers = []
         self.stopping = False
+        self.revocations = None   # pki.Revocations when tls.crl is set
+        self._crl_stamp = None
+        self.identity = None      # privilege.Identity when user: is set
 
     def open_tap(self, tap_cfg, port_name, on_frame) -> TapPort:
         mac = tap_cfg.mac or tapdev.derive_mac(self.cfg.node, tap_cfg.name)
@@ -136,18 +149,100 @@ class Node:
         return port
 
     def start(self):
-        """Open everything; on any failure close what was opened and re-raise."""
+        """Open everything, then drop privileges; on any failure close what was opened
+        and re-raise."""
         try:
+            if self.cfg.user is not None:   # an unknown user fails before anything opens
+                self.identity = privilege.resolve_config(self.cfg)
+            if self.cfg.tls.crl is not None:
+                self.revocations = pki.load_crl(self.cfg.tls.crl, self.cfg.tls.ca)
+                self._crl_stamp = _stamp(self.cfg.tls.crl)
+                self._warn_crl_expiry()
             self._start()
             self.management = ManagementServer(self.loop, self.cfg.management.socket,
                                                self._request)
             self._closers.append(self.management.close)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self.loop.on_signal(signum, lambda s=signum: self.stop(signal.Signals(s).name))
-            self.loop.call_every(TICK_S, self._tick)
+            self.loop.on_signal(signal.SIGHUP, lambda: self.reload("SIGHUP"))
+            self.loop.call_every(TICK_S, self._tick_all)
+            if self.identity is not None:
+                self._drop_privileges()
         except BaseException:
             self.close()
             raise
+
+    def _drop_privileges(self):
+        # Undoing a bridge address at exit is netlink work; nothing else after start is.
+        keep = (privilege.CAP_NET_ADMIN,) if self.tap is not None and \
+            self.tap.device.needs_net_admin_at_close else ()
+        # Modules Python loads on first use must be loaded now: the interpreter's own
+        # files may not be readable by the user we become (a Python under /root).
+        import encodings.idna  # noqa: F401  (getaddrinfo of a host name)
+        privilege.drop(self.identity, keep)
+        if self.cfg.tls.crl is not None:
+            # The CRL is re-read after the drop: find out now if the user cannot.
+            try:
+                pki.load_crl(self.cfg.tls.crl, self.cfg.tls.ca)
+            except PKIError as e:
+                raise ConfigError(
+                    f"{self.cfg.path}: tls.crl: {e}; user {self.identity.user} must be able "
+                    f"to read it to apply revocations (chmod 644 the file and o+x its "
+                    f"folders, or keep it elsewhere)") from None
+        log.info("running as user %s, group %s%s", self.identity.user, self.identity.group,
+                 " with CAP_NET_ADMIN (to remove the bridge address at exit)" if keep
+                 else " with no capabilities")
+
+    def _tick_all(self):
+        if self.cfg.tls.crl is not None:
+            stamp = _stamp(self.cfg.tls.crl)
+            if stamp != self._crl_stamp:
+                self._crl_stamp = stamp
+                if isinstance(stamp, str):
+                    log.error("cannot watch the CRL %s: %s; keeping the revocations read "
+                              "last", self.cfg.tls.crl, stamp)
+                else:
+                    self.reload(f"{self.cfg.tls.crl} changed")
+        self._tick()
+
+    # -- revocation ------------------------------------------------------------------
+    def reload(self, why: str) -> None:
+        """Read the CRL again and end sessions whose certificate it now lists."""
+        if self.cfg.tls.crl is None:
+            log.info("reload (%s): nothing to reload (no tls.crl)", why)
+            return
+        try:
+            revocations = pki.load_crl(self.cfg.tls.crl, self.cfg.tls.ca)
+        except PKIError as e:
+            log.error("reload (%s): %s; keeping the previous CRL", why, e)
+            return
+        self.revocations = revocations
+        log.info("reload (%s): %s lists %d revoked certificates", why, self.cfg.tls.crl,
+                 len(revocations.serials))
+        self._warn_crl_expiry()
+        for session in self.peer_sessions():
+            serial = getattr(session, "serial", None)
+            if serial is not None and revocations.is_revoked(serial):
+                log.warning("%s %s: certificate (serial 0x%x) is now revoked: ending its "
+                            "session", "spoke" if self.role == "hub" else "hub",
+                            session.cn or session.remote, serial)
+                session.close("certificate revoked", goodbye="certificate revoked")
+
+    def revoked(self, session) -> str | None:
+        """Why the peer's certificate is refused, or None; remembers its serial."""
+        try:
+            session.serial = pki.peer_serial(session.tls)
+        except PKIError as e:
+            return f"refused: {e}"
+        if self.revocations is not None and self.revocations.is_revoked(session.serial):
+            return (f"refused: certificate of {session.cn or session.remote} (serial "
+                    f"0x{session.serial:x}) is revoked by {self.cfg.tls.crl}")
+        return None
+
+    def _warn_crl_expiry(self):
+        problem = self.revocations.expiry_problem(dt.datetime.now(dt.timezone.utc))
+        if problem:
+            log.warning("%s", problem)
 
     def run(self) -> None:
         try:
@@ -197,6 +292,9 @@ class Node:
             session.send_keepalive()
 
     # subclasses
+    def peer_sessions(self) -> list:
+        return []
+
     def _start(self):
         raise NotImplementedError
 
@@ -208,3 +306,14 @@ class Node:
 
     def status(self) -> dict:
         raise NotImplementedError
+
+
+def _stamp(path):
+    """What tells a changed file apart: inode, size and modification time; or why the
+    file cannot be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return e.strerror or str(e)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+

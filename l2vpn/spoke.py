@@ -59,7 +59,10 @@ class Spoke(Node):
             session.cn = pki.peer_common_name(session.tls)
         except PKIError as e:
             return f"hub certificate unusable: {e}"
-        return None
+        return self.revoked(session)
+
+    def peer_sessions(self) -> list:
+        return [self.session] if self.session is not None else []
 
     def _on_up(self, session):
         if session.peer.mtu != self.cfg.tap.mtu:

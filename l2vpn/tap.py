@@ -150,6 +150,11 @@ class Tap:
         self._ipr = None  # kept open only to undo a bridge address, in the right netns
         self._bridge_addr = None  # (bridge index, IPv4Interface/IPv6Interface) we added
 
+    @property
+    def needs_net_admin_at_close(self) -> bool:
+        """True when close() has netlink work to undo (an address we put on a bridge)."""
+        return self._bridge_addr is not None
+
     @classmethod
     def open(cls, name: str, mtu: int = 1500, mac: bytes | None = None, address=None,
              bridge: str | None = None, vnet_hdr: bool = False,

@@ -14,7 +14,10 @@ stays bounded by the plaintext buffer plus one chunk of ciphertext.
 Backpressure: a session whose output buffer passes HIGH_WATER_B is `congested`; the
 owner stops reading whichever source feeds it (`pause()` on that source plus
 `add_waiter`) until it drains below LOW_WATER_B. Past HARD_CAP_B frames are dropped and
-counted, so memory stays bounded whatever a peer does.
+counted, so memory stays bounded whatever a peer does. A session that keeps its waiters
+paused for STALL_S is `stalled`: it resumes them, and until it drains it is no longer
+waited for and drops what passes HIGH_WATER_B, so a peer that stops reading cannot hold
+back the spokes that send to it.
 
 The session never decides where frames go: it hands each one to `on_frame(session,
 data)` and reports its end through `on_close(session, reason)`. Frames cross that line in
@@ -47,6 +50,7 @@ HIGH_WATER_B = 1024 * 1024
 LOW_WATER_B = 256 * 1024
 HARD_CAP_B = 8 * 1024 * 1024
 KEEP_B = 2 * HIGH_WATER_B
+STALL_S = 0.5
 SMALL_WRITE_B = 16 * 1024
 
 # One receive buffer for every session: a process runs one loop in one thread, and each
@@ -111,13 +115,13 @@ def plain_frames(port, frame, label: str) -> list:
     """What a port without offloads sends for a vnet-form frame that needs work: its
     segments, checksummed; none (counted on the port, logged rate-limited) if it cannot
     be segmented, which only a broken or hostile peer's frame does. A port has
-    `offload_errors`, `soft_offloads` and `offload_log` (a RateLimitedLog)."""
+    `offload_errors`, `soft_offloads` and `port_log` (a RateLimitedLog)."""
     try:
         frames = to_plain(frame)
     except OffloadError as e:
         port.offload_errors += 1
-        port.offload_log.warning("offload", "%s: dropped a frame that cannot be segmented: %s",
-                             label, e)
+        port.port_log.warning("offload", "%s: dropped a frame that cannot be segmented: %s",
+                          label, e)
         return []
     port.soft_offloads += 1
     return frames
@@ -210,8 +214,10 @@ class Session:
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.drops = self.soft_offloads = self.offload_errors = 0
         self.vnet = False
-        self.offload_log = RateLimitedLog(log)
+        self.port_log = RateLimitedLog(log)
         self.out = SendBuffer()
+        self.stalled = False
+        self._stall_timer = None
         self._paused = False
         self._closing = False
         self._want_write = False
@@ -353,7 +359,7 @@ class Session:
             self.close(f"protocol violation: {e}", goodbye=str(e))
             return
         if eof and self.state != CLOSED:
-            self.close("peer closed the connection")
+            self.close(self._closed_by_peer())
 
     def _dispatch(self, events):
         on_frame = self.on_frame
@@ -380,7 +386,13 @@ class Session:
             elif type(ev) is wire.Goodbye:
                 self.close(f"peer said goodbye ({ev.reason or 'no reason'})")
             elif type(ev) is wire.ConnectionClosed:
-                self.close("peer closed the connection")
+                self.close(self._closed_by_peer())
+
+    def _closed_by_peer(self) -> str:
+        if self.state == HELLO and not self.server_side:
+            return ("the hub closed the connection after the TLS handshake, before its hello: "
+                    "it refused this spoke (revoked certificate? see the hub's log)")
+        return "peer closed the connection"
 
     @property
     def paused(self) -> bool:
@@ -414,7 +426,8 @@ class Session:
     def send_frame(self, data) -> None:
         """Queue one frame (vnet form) for the end-of-pass flush."""
         out = self.out
-        if self.state != UP or out.end - out.start > HARD_CAP_B:
+        if self.state != UP or out.end - out.start > (HIGH_WATER_B if self.stalled
+                                                      else HARD_CAP_B):
             self.drops += 1
             return
         if self.vnet:
@@ -448,10 +461,9 @@ class Session:
         queued = out.end - out.start
         if not queued and not self._cipher:
             self._set_want_write(False)
-        if self.waiters and queued < LOW_WATER_B:
-            waiters, self.waiters = self.waiters, set()
-            for w in waiters:
-                w.resume()
+        if queued < LOW_WATER_B and (self.waiters or self.stalled):
+            self._release_waiters()
+            self.stalled = False
 
     def _send_cipher(self):
         """Give the kernel the ciphertext waiting, as much as it takes: True when all of it
@@ -501,8 +513,29 @@ class Session:
             out.consume(size)
 
     def add_waiter(self, source) -> None:
-        """Resume `source` once this session's output has drained."""
+        """Resume `source` once this session's output has drained (or it stalls)."""
+        if not self.waiters:
+            self._stall_timer = self.loop.call_later(STALL_S, self._stall)
         self.waiters.add(source)
+
+    def _release_waiters(self):
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        waiters, self.waiters = self.waiters, set()
+        for w in waiters:
+            w.resume()
+
+    def _stall(self):
+        self._stall_timer = None
+        if self.state == CLOSED or not self.waiters:
+            return
+        self.stalled = True
+        self.port_log.warning("stalled", "%s is not reading fast enough (%d KiB queued for "
+                                 "%g s): dropping frames to it instead of holding back its "
+                                 "senders", self.name or self.remote, self.buffered >> 10,
+                                 STALL_S)
+        self._release_waiters()
 
     def _set_want_write(self, want: bool) -> None:
         if want != self._want_write:
@@ -556,9 +589,7 @@ class Session:
             pass
         self.out.clear()
         self._cipher = b""
-        waiters, self.waiters = self.waiters, set()
-        for w in waiters:
-            w.resume()
+        self._release_waiters()
         if self.on_close is not None:
             self.on_close(self, reason)
 
@@ -580,6 +611,7 @@ class Session:
             "vnet": self.vnet,
             "soft_offloads": self.soft_offloads,
             "offload_errors": self.offload_errors,
+            "stalled": self.stalled,
         }
 
 

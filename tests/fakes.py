@@ -32,6 +32,7 @@ class FakePort:
     def __init__(self, name: str, congested: bool = False):
         self.name = name
         self.congested = congested
+        self.stalled = False
         self.sent = []
         self.frames_out = self.bytes_out = 0
         self.drops = 0

@@ -189,12 +189,31 @@ def test_on_close_drops_the_port_and_its_macs(hub):
     assert s not in hub.switch.ports and len(hub.switch) == 0
 
 
+def _some_certificate_der() -> bytes:
+    import datetime as dt
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(0x1234)
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+CERT_DER = _some_certificate_der()
+
+
 class FakeTLS:
     def __init__(self, subject):
         self.subject = subject
 
-    def getpeercert(self):
-        return {"subject": self.subject}
+    def getpeercert(self, binary_form=False):
+        return CERT_DER if binary_form else {"subject": self.subject}
 
 
 def secured(subject) -> FakeSession:

@@ -3,7 +3,7 @@ import logging
 import pytest
 from fakes import FakeClock
 
-from l2vpn.logs import RateLimitedLog
+from l2vpn.logs import IntervalCounts, RateLimitedLog
 
 
 class ListLogger:
@@ -136,3 +136,92 @@ def test_memory_is_bounded_even_for_many_keys_in_one_window(logger, clock):
     for i in range(5000):
         rl.warning(f"refused:peer {i}", "line")
     assert len(rl._windows) <= rl.max_keys == 256
+
+
+# -- IntervalCounts ------------------------------------------------------------------
+
+
+def test_the_first_event_of_a_key_is_due_at_once():
+    ic = IntervalCounts(10.0)
+    assert ic.due(0.0) == []
+    ic.add("k", 3)
+    assert ic.due(0.0) == [("k", 3)]
+    assert ic.due(0.0) == []
+
+
+def test_later_events_add_up_until_the_interval_has_passed():
+    ic = IntervalCounts(10.0)
+    ic.add("k", 1)
+    assert ic.due(100.0) == [("k", 1)]
+    for t in range(1, 10):
+        ic.add("k", 2)
+        assert ic.due(100.0 + t) == []
+    assert ic.due(109.99) == []
+    assert ic.due(110.0) == [("k", 18)]
+    ic.add("k", 1)
+    assert ic.due(119.0) == []          # a new interval began at 110
+    assert ic.due(120.0) == [("k", 1)]
+
+
+def test_interval_counts_keeps_keys_apart():
+    ic = IntervalCounts(10.0)
+    ic.add("a", 1)
+    assert ic.due(0.0) == [("a", 1)]
+    ic.add("a", 1)
+    ic.add("b", 5)
+    assert ic.due(1.0) == [("b", 5)]
+    assert ic.due(10.0) == [("a", 1)]
+
+
+def test_adding_zero_is_no_event():
+    ic = IntervalCounts(10.0)
+    ic.add("k", 0)
+    assert ic.due(0.0) == []
+    ic.add("k", 1)
+    assert ic.due(0.0) == [("k", 1)]
+
+
+def test_update_takes_running_totals():
+    ic = IntervalCounts(10.0)
+    ic.update("k", 0)
+    assert ic.due(0.0) == []
+    ic.update("k", 5)
+    assert ic.due(0.0) == [("k", 5)]
+    ic.update("k", 5)                   # no growth, no event
+    ic.update("k", 8)
+    ic.update("k", 12)
+    assert ic.due(5.0) == []
+    assert ic.due(10.0) == [("k", 7)]
+    ic.update("k", 12)
+    assert ic.due(30.0) == []
+
+
+def test_forget_drops_every_trace_of_matching_keys():
+    ic = IntervalCounts(10.0)
+    for key in (("drop", "a", "runt"), ("drop", "b", "runt"), ("flap", "a")):
+        ic.update(key, 4)
+    assert len(ic.due(0.0)) == 3
+    for key in (("drop", "a", "runt"), ("drop", "b", "runt")):
+        ic.update(key, 6)
+    ic.forget(lambda key: key[0] == "drop" and key[1] == "a")
+    assert ic.due(10.0) == [(("drop", "b", "runt"), 2)]
+    # forgotten entirely: a total seen again counts from zero and is due at once
+    ic.update(("drop", "a", "runt"), 1)
+    assert ic.due(10.5) == [(("drop", "a", "runt"), 1)]
+
+
+def test_keys_quiet_for_two_intervals_are_pruned():
+    ic = IntervalCounts(10.0)
+    for i in range(100):
+        ic.add(i, 1)
+    assert len(ic.due(0.0)) == 100
+    ic.add("busy", 1)
+    ic.due(15.0)
+    assert set(ic._last) == {i for i in range(100)} | {"busy"}
+    ic.add("busy", 1)
+    assert ic.due(20.0) == []
+    assert set(ic._last) == {"busy"} and set(ic._pending) == {"busy"}
+    ic.add(5, 2)
+    assert ic.due(21.0) == [(5, 2)]       # a pruned key is new again: due at once
+    assert ic.due(25.0) == [("busy", 1)]
+

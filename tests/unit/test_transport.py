@@ -407,6 +407,162 @@ def test_frames_past_the_hard_cap_are_dropped_and_counted(link, loop, monkeypatc
     assert c.snapshot(loop.clock())["drops"] == c.drops
 
 
+# -- stalled destinations ------------------------------------------------------------
+
+
+class KernelGate:
+    """Stands in for a peer that reads nothing: while closed, the session's hand-off to
+    the kernel takes nothing (as when the socket buffers are full); opened, it is real."""
+
+    def __init__(self, session, monkeypatch):
+        self.closed = True
+        self.trickle_b = 0
+        self.session = session
+        self.real = session._send_out
+        monkeypatch.setattr(session, "_send_out", self)
+
+    def __call__(self, out, sock):
+        if self.trickle_b:            # the kernel takes a little, then is full again
+            out.consume(min(self.trickle_b, out.end - out.start))
+            return False
+        return False if self.closed else self.real(out, sock)
+
+    def open(self):
+        self.closed = False
+        self.session.loop.want_flush(self.session, self.session.flush)
+
+
+@pytest.fixture
+def small_water(monkeypatch):
+    monkeypatch.setattr(transport, "HIGH_WATER_B", 64 * 1024)
+    monkeypatch.setattr(transport, "LOW_WATER_B", 16 * 1024)
+
+
+def congest(session) -> list:
+    """Queue numbered frames until the session is congested; return them."""
+    rng = random.Random(5)
+    sent = []
+    while not session.congested:
+        f = numbered(len(sent), 1500, rng)
+        session.send_frame(PLAIN_HDR + f)
+        sent.append(f)
+    return sent
+
+
+def queued(session) -> int:
+    return session.out.end - session.out.start
+
+
+def test_a_destination_that_stays_paused_stalls_then_drops_past_high_water(
+        link, loop, monkeypatch, small_water):
+    monkeypatch.setattr(transport, "STALL_S", 0.05)
+    c = link.client
+    gate = KernelGate(c, monkeypatch)
+    sent = congest(c)
+    source = FakePort("tap")
+    source.pause()
+    started = loop.clock()
+    c.add_waiter(source)
+    loop.call_later(0.02, loop.stop)
+    loop.run()
+    assert not c.stalled and source.resumes == 0           # not before STALL_S
+    run_until(loop, lambda: c.stalled, timeout_s=2, what="the session to stall")
+    assert loop.clock() - started >= 0.05
+    assert source.resumes == 1 and not source.paused
+    assert c.waiters == set() and c._stall_timer is None
+    assert c.snapshot(loop.clock())["stalled"] is True
+
+    # stalled: frames past HIGH_WATER_B are dropped, far below HARD_CAP_B
+    frame = PLAIN_HDR + bytes(1500)
+    n = 2 * transport.HIGH_WATER_B // 1500
+    for _ in range(n):
+        c.send_frame(frame)
+    kept = c.frames_out - len(sent)
+    assert c.drops > 0 and kept + c.drops == n
+    assert queued(c) <= transport.HIGH_WATER_B + wire.HEADER_LEN + 1500
+    assert transport.HIGH_WATER_B + wire.HEADER_LEN + 1500 < transport.HARD_CAP_B
+
+    # it stays stalled while nothing drains
+    loop.call_later(0.05, loop.stop)
+    loop.run()
+    assert c.stalled
+
+    # and clears once drained below LOW_WATER_B, not before
+    cleared_at = []
+    flush = c.flush
+
+    def watched_flush():
+        was = c.stalled
+        flush()
+        if was and not c.stalled:
+            cleared_at.append(queued(c))
+
+    monkeypatch.setattr(c, "flush", watched_flush)
+    gate.open()
+    run_until(loop, lambda: not c.stalled, timeout_s=10, what="the stall to clear")
+    assert cleared_at and cleared_at[0] < transport.LOW_WATER_B
+    run_until(loop, lambda: len(link.frames["server"]) == c.frames_out, timeout_s=10,
+              what="every frame kept")
+    assert link.frames["server"][:len(sent)] == sent
+
+    # no longer stalled: past HIGH_WATER_B frames are queued again (up to HARD_CAP_B)
+    drops = c.drops
+    for _ in range(n):
+        c.send_frame(frame)
+    assert c.drops == drops and c.congested
+
+
+def test_a_stall_clears_only_below_low_water(link, loop, monkeypatch, small_water):
+    monkeypatch.setattr(transport, "STALL_S", 0.01)
+    c = link.client
+    gate = KernelGate(c, monkeypatch)
+    congest(c)
+    c.add_waiter(FakePort("tap"))
+    run_until(loop, lambda: c.stalled, timeout_s=2, what="the session to stall")
+    gate.trickle_b = 4096               # bytes taken per flush; the stream is lost after this
+    levels = []
+    while c.stalled:
+        assert len(levels) < 100
+        c.flush()
+        levels.append((queued(c), c.stalled))
+    assert len(levels) > 5
+    assert all(stalled == (q >= transport.LOW_WATER_B) for q, stalled in levels)
+
+
+def test_a_destination_that_drains_in_time_never_stalls(link, loop, monkeypatch, small_water):
+    monkeypatch.setattr(transport, "STALL_S", 0.25)
+    c = link.client
+    gate = KernelGate(c, monkeypatch)
+    congest(c)
+    first, second = FakePort("tap"), FakePort("site-b")
+    c.add_waiter(first)
+    timer = c._stall_timer
+    assert timer is not None and not timer.cancelled
+    c.add_waiter(second)
+    assert c._stall_timer is timer                   # one timer for all the waiters
+    gate.open()
+    run_until(loop, lambda: first.resumes and second.resumes, timeout_s=2,
+              what="the waiters to be resumed")
+    assert timer.cancelled and c._stall_timer is None
+    assert not c.congested
+    loop.call_later(0.3, loop.stop)                  # past STALL_S
+    loop.run()
+    assert not c.stalled and first.resumes == second.resumes == 1
+
+
+def test_close_cancels_the_stall_timer(link, loop, monkeypatch):
+    monkeypatch.setattr(transport, "STALL_S", 0.02)
+    source = FakePort("tap")
+    link.client.add_waiter(source)
+    timer = link.client._stall_timer
+    link.client.close("gone")
+    assert timer.cancelled and link.client._stall_timer is None
+    assert source.resumes == 1
+    loop.call_later(0.05, loop.stop)
+    loop.run()
+    assert not link.client.stalled and source.resumes == 1
+
+
 # -- closing on a dead connection ----------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from l2vpn.wire import (
     FRAME,
     FRAME_VNET,
     GOODBYE,
+    HEADER_LEN,
     HELLO,
     KEEPALIVE,
     MAX_PAYLOAD,
@@ -617,3 +618,96 @@ def test_property_arbitrary_bytes_after_a_good_hello(data, caps, cuts):
 def test_property_well_framed_records_of_any_type(rtype, body, cuts):
     conn = opened(caps=CAP_VNET_HDR)
     _only_remote_errors(conn, chunked(record(rtype, body), cuts))
+
+
+# -- decoder fuzz: hostile streams of plausible records --------------------------------
+
+_LENGTHS = st.one_of(st.integers(0, 80), st.sampled_from(
+    [255, 256, 257, 1023, 1024, 1025, MAX_PAYLOAD, MAX_PAYLOAD + 1, 0xFFFFFF]))
+
+# A record header with any type and any claimed length, then up to 100 bytes of body (so
+# a long claim is left incomplete), or raw garbage between records.
+_pieces = st.one_of(
+    st.builds(lambda rtype, n, body: pack_header(rtype, n) + body[:n],
+              st.sampled_from([HELLO, FRAME, FRAME_VNET, KEEPALIVE, GOODBYE]) | st.integers(0, 255),
+              _LENGTHS, st.binary(max_size=100)),
+    st.binary(max_size=6),
+)
+
+
+def _buffer_bound(conn) -> int:
+    """What may wait in the buffer between events(): less than one record the current
+    state accepts, header included (nothing once the connection is dead)."""
+    state = conn.their_state
+    if state is AWAIT_HELLO:
+        return HEADER_LEN + wire._MAX_HELLO
+    if state is OPEN:
+        return HEADER_LEN + max(conn.max_payload, wire.MAX_REASON)
+    if state is CLOSED:
+        return HEADER_LEN
+    return 1
+
+
+@CI
+@given(hello=st.booleans(), pieces=st.lists(_pieces, max_size=12),
+       max_payload=st.sampled_from([16, 100, 2000, MAX_PAYLOAD]),
+       caps=st.sampled_from([0, CAP_VNET_HDR]),
+       cuts=st.lists(st.integers(min_value=0), max_size=12), eof=st.booleans())
+def test_property_hostile_streams_stay_bounded_and_raise_only_remote_errors(
+        hello, pieces, max_payload, caps, cuts, eof):
+    conn = Connection("spoke1", 1500, caps, max_payload)
+    data = (Connection("hub", 1500, caps).hello() if hello else b"") + b"".join(pieces)
+    events = []
+    try:
+        for piece in chunked(data, cuts) + ([b""] if eof else []):
+            conn.receive_data(piece)
+            got = conn.events()
+            events += got
+            assert conn.bytes_buffered < _buffer_bound(conn)
+            for ev in got:
+                assert isinstance(ev, (Hello, Frame, Keepalive, Goodbye, ConnectionClosed))
+                if type(ev) is Frame:
+                    assert len(ev.data) <= max_payload
+                    assert not ev.vnet or (conn.vnet and len(ev.data) >= wire.VNET_HDR_LEN)
+    except RemoteProtocolError:
+        assert conn.their_state is ERROR and conn.bytes_buffered == 0
+        conn.receive_data(b"more")                      # ignored once dead
+        assert conn.bytes_buffered == 0
+        with pytest.raises(RemoteProtocolError):
+            conn.events()
+    if events and type(events[0]) is not ConnectionClosed:
+        assert type(events[0]) is Hello
+
+
+def test_a_long_claim_is_refused_before_its_payload_is_buffered():
+    conn = opened(max_payload=100)
+    conn.receive_data(pack_header(FRAME, 100) + bytes(99))
+    assert conn.events() == [] and conn.bytes_buffered == HEADER_LEN + 99
+    conn.receive_data(b"\x00" + pack_header(FRAME, 101))
+    with pytest.raises(RemoteProtocolError, match="exceeds the limit of 100"):
+        conn.events()
+    assert conn.bytes_buffered == 0
+
+
+@CI
+@given(frames=st.lists(st.tuples(st.binary(max_size=300), st.booleans()), max_size=20),
+       cuts=st.lists(st.integers(min_value=0), max_size=30))
+def test_property_vnet_stream_round_trips_through_any_chunking(frames, cuts):
+    src = Connection("hub", 9000, CAP_VNET_HDR)
+    conn = fresh(caps=CAP_VNET_HDR)
+    data = bytearray(src.hello())
+    assert feed(src, conn.hello()) == [Hello(1, "spoke1", 1500, CAP_VNET_HDR)]
+    assert src.vnet
+    expected = [Hello(1, "hub", 9000, CAP_VNET_HDR)]
+    for body, vnet in frames:
+        payload = VNET_HDR + body if vnet else body
+        src.frame_into(data, payload, vnet)
+        expected.append(Frame(payload, vnet))
+    data += src.goodbye("done")
+    expected += [Goodbye("done"), ConnectionClosed()]
+    events = []
+    for piece in chunked(bytes(data), cuts) + [b""]:
+        conn.receive_data(piece)
+        events += conn.events()
+        assert conn.bytes_buffered < HEADER_LEN + MAX_PAYLOAD
+    assert events == expected and conn.vnet

@@ -1,0 +1,628 @@
+"""Hub wiring of port security and loop detection, with fake ports: no sockets, no TAP."""
+
+import json
+import logging
+import socket
+from pathlib import Path
+
+import pytest
+from fakes import FakeClock, FakePort, FakeSession
+
+from l2vpn import guard, loopguard
+from l2vpn import hub as hub_module
+from l2vpn.config import (
+    GuardConfig,
+    HubConfig,
+    KeepaliveConfig,
+    ListenConfig,
+    ManagementConfig,
+    StormConfig,
+    SwitchConfig,
+    TLSConfig,
+)
+from l2vpn.frame import BROADCAST
+from l2vpn.hub import HUB_PORT, REPORT_S, Hub
+from l2vpn.loop import EventLoop
+from l2vpn.offload import PLAIN_HDR
+from l2vpn.switch import DROPS
+
+MCAST = bytes.fromhex("01005e000001")
+
+
+def mac(n: int) -> bytes:
+    return bytes([0x02, 0, 0, 0, 0, n])
+
+
+def eth(dst: bytes, src: bytes, size: int = 60) -> bytes:
+    """A frame in vnet form (zero virtio-net header first), `size` bytes past the header."""
+    return PLAIN_HDR + dst + src + b"\x08\x00" + bytes(size - 14)
+
+
+def dhcp_offer(src: bytes) -> bytes:
+    ip = bytes([0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0]) + bytes(4) + b"\xff" * 4
+    return PLAIN_HDR + BROADCAST + src + b"\x08\x00" + ip + bytes([0, 67, 0, 68, 0, 8, 0, 0])
+
+
+def router_advert(src: bytes) -> bytes:
+    ip6 = bytes([0x60, 0, 0, 0, 0, 16, 58, 255]) + bytes(32)
+    return (PLAIN_HDR + bytes.fromhex("333300000001") + src + b"\x86\xdd" + ip6
+            + bytes([134, 0, 0, 0]) + bytes(12))
+
+
+class FakeTap(FakePort):
+    """The hub's own TAP port: a FakePort with the snapshot status reads."""
+
+    def snapshot(self) -> dict:
+        return {"name": "l2hub0", "frames_out": self.frames_out, "drops": self.drops}
+
+
+@pytest.fixture
+def clock():
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def make_hub(tmp_path, clock):
+    loops = []
+
+    def make(**switch_kw) -> Hub:
+        cfg = HubConfig(
+            path=tmp_path / "hub.yaml", node="hub", listen=ListenConfig("127.0.0.1", 7443),
+            tls=TLSConfig(Path("ca.crt"), Path("hub.crt"), Path("hub.key")), tap=None,
+            switch=SwitchConfig(**switch_kw),
+            management=ManagementConfig(socket=tmp_path / "hub.sock"),
+            keepalive=KeepaliveConfig())
+        loop = EventLoop(clock=clock)
+        loops.append(loop)
+        return Hub(cfg, loop=loop)
+
+    yield make
+    for loop in loops:
+        loop.close()
+
+
+def up(hub, *cns) -> list:
+    """Sessions that finished their hello, made ports in this order (later = newer)."""
+    sessions = [FakeSession(cn) for cn in cns]
+    for s in sessions:
+        assert hub._on_up(s) is None
+    return sessions
+
+
+def with_tap(hub, mtu: int = 1500) -> FakeTap:
+    tap = FakeTap(HUB_PORT)
+    hub.tap = tap
+    hub._add_port(tap, HUB_PORT, mtu)
+    return tap
+
+
+def clear(*ports):
+    for p in ports:
+        p.sent.clear()
+
+
+def hub_lines(caplog, level=logging.WARNING) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "l2vpn.hub" and r.levelno == level]
+
+
+# -- config reaches the switch -------------------------------------------------------
+
+
+def test_switch_keys_reach_the_switch_table(make_hub):
+    hub = make_hub(max_macs_per_port=7, mac_move_holddown_s=2.5,
+                   storm=StormConfig(broadcast_pps=11, multicast_pps=22, unknown_unicast_pps=33),
+                   dhcp_guard=GuardConfig(("site-a",)), ra_guard=GuardConfig(()))
+    sw = hub.switch
+    assert sw.max_macs_per_port == 7
+    assert sw.holddown_s == 2.5
+    assert sw.storm_pps == (11, 22, 33)
+    assert sw.guards == {guard.DHCP, guard.RA}
+    assert sw.intercept == loopguard.PROBE_DST
+    assert hub.loops is not None
+
+
+def test_defaults_reach_the_switch_table(make_hub):
+    sw = make_hub().switch
+    assert (sw.max_macs_per_port, sw.holddown_s, sw.storm_pps) == (1024, 5.0, (1000, 2000, 2000))
+    assert sw.guards == frozenset()
+
+
+def test_port_limit_through_the_hub(make_hub):
+    hub = make_hub(max_macs_per_port=2)
+    a, b = up(hub, "site-a", "site-b")
+    for n in (1, 2, 3, 4):
+        hub._forward(a, eth(BROADCAST, mac(n)))
+    assert len(b.sent) == 2
+    assert hub.switch.port_info(a)["drops"]["port_limit"] == 2
+
+
+def test_guards_trust_ports_by_name_including_hub_for_the_tap(make_hub):
+    hub = make_hub(dhcp_guard=GuardConfig(("hub", "site-a")), ra_guard=GuardConfig(("site-b",)))
+    tap = with_tap(hub)
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(tap, dhcp_offer(mac(1)))
+    hub._forward(a, dhcp_offer(mac(2)))
+    hub._forward(b, dhcp_offer(mac(3)))
+    assert len(tap.sent) == 1 and len(a.sent) == 1 and len(b.sent) == 2   # b's was dropped
+    clear(tap, a, b)
+    hub._forward(b, router_advert(mac(3)))
+    hub._forward(tap, router_advert(mac(1)))
+    hub._forward(a, router_advert(mac(2)))
+    assert len(tap.sent) == 1 and len(a.sent) == 1 and b.sent == []
+    assert hub.switch.port_info(b)["drops"]["dhcp_guard"] == 1
+    assert hub.switch.port_info(tap)["drops"]["ra_guard"] == 1
+    assert hub.switch.port_info(a)["drops"]["ra_guard"] == 1
+
+
+def test_guards_off_when_not_configured(make_hub):
+    hub = make_hub()
+    tap = with_tap(hub)
+    (a,) = up(hub, "site-a")
+    hub._forward(a, dhcp_offer(mac(2)))
+    hub._forward(a, router_advert(mac(2)))
+    assert len(tap.sent) == 2
+
+
+def test_a_sessions_mtu_bounds_its_frames(make_hub):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(a, eth(BROADCAST, mac(1), size=1500 + 14 + 8))
+    hub._forward(a, eth(BROADCAST, mac(1), size=1500 + 14 + 8 + 1))
+    assert len(b.sent) == 1
+    assert hub.switch.port_info(a)["drops"]["oversize"] == 1
+
+
+def test_holddown_through_the_hub(make_hub, clock):
+    hub = make_hub(mac_move_holddown_s=5.0)
+    a, b, c = up(hub, "site-a", "site-b", "site-c")
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    clock.advance(1.0)
+    hub._forward(b, eth(BROADCAST, mac(1)))       # held
+    clear(a, b, c)
+    hub._forward(c, eth(mac(1), mac(3)))
+    assert len(a.sent) == 1 and b.sent == []
+
+
+# -- loop detection ------------------------------------------------------------------
+
+
+def probe_out_of(port) -> bytes:
+    """The probe the last round sent out of `port` (vnet form, as ports carry it)."""
+    frame = port.sent[-1]
+    assert frame[10:16] == loopguard.PROBE_DST
+    return frame
+
+
+def test_send_probes_sends_one_probe_out_of_every_port(make_hub):
+    hub = make_hub()
+    tap = with_tap(hub)
+    a, b = up(hub, "site-a", "site-b")
+    hub._send_probes()
+    for p in (tap, a, b):
+        assert len(p.sent) == 1
+        assert p.sent[0][:10] == PLAIN_HDR and p.sent[0][10:16] == loopguard.PROBE_DST
+    assert hub.loops.counters["probes_sent"] == 3
+
+
+def test_a_probe_frame_from_a_session_goes_to_the_loop_guard(make_hub, clock, monkeypatch):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    seen = []
+    real = hub.loops.on_probe
+    monkeypatch.setattr(hub.loops, "on_probe",
+                        lambda *args: seen.append(args) or real(*args))
+    forged = PLAIN_HDR + loopguard.PROBE_DST + mac(9) + b"\x88\xb5" + bytes(60)
+    hub._forward(a, forged)
+    assert [(f, off, port, now) for f, off, port, now in seen] == [(forged, 10, a, clock())]
+    assert b.sent == [] and a.sent == []                 # intercepted, never flooded
+    assert hub.loops.counters["forged"] == 1
+    assert hub.switch.lookup(mac(9), clock()) is None
+    assert hub.switch.counters["probes"] == 1
+
+
+def test_a_real_loop_blocks_the_newer_port(make_hub, clock, caplog):
+    hub = make_hub()
+    a, b, c = up(hub, "site-a", "site-b", "site-c")
+    hub._send_probes()
+    probe = probe_out_of(a)
+    with caplog.at_level(logging.INFO, logger="l2vpn.hub"):
+        hub._forward(b, probe)                     # what left by a came back in on b
+    (line,) = hub_lines(caplog, logging.ERROR)
+    assert "site-a" in line and "site-b" in line and "blocking site-b" in line
+    assert hub.switch.is_blocked(b) and not hub.switch.is_blocked(a)
+    st = hub.status()
+    assert st["switch"]["blocked"] == [{"port": "site-b", "loop_with": "site-a", "since_s": 0.0}]
+    by_cn = {s["cn"]: s for s in st["sessions"]}
+    assert by_cn["site-b"]["switch"]["blocked"] is True
+    assert by_cn["site-a"]["switch"]["blocked"] is False
+    assert st["switch"]["loop_detection"]["probes_back"] == 1
+    # the block holds: nothing from b, nothing to b
+    clear(a, b, c)
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    hub._forward(b, eth(BROADCAST, mac(2)))
+    assert b.sent == [] and len(c.sent) == 1 and a.sent == []
+
+
+def test_the_loop_blocks_the_newer_port_whichever_way_the_probe_went(make_hub, caplog):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._send_probes()
+    with caplog.at_level(logging.ERROR, logger="l2vpn.hub"):
+        hub._forward(a, probe_out_of(b))               # left by b (newer), back in on a
+        hub._forward(b, probe_out_of(a))               # more evidence: no second block
+    assert hub.switch.is_blocked(b) and not hub.switch.is_blocked(a)
+    assert len(hub_lines(caplog, logging.ERROR)) == 1
+
+
+def test_a_probe_reflected_back_into_its_own_port_blocks_nothing(make_hub):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._send_probes()
+    hub._forward(a, probe_out_of(a))
+    assert not hub.switch.is_blocked(a) and not hub.switch.is_blocked(b)
+    assert hub.loops.counters["reflected"] == 1
+
+
+def test_a_loop_through_the_hub_tap_blocks_the_newer_session(make_hub):
+    hub = make_hub()
+    tap = with_tap(hub)
+    (a,) = up(hub, "site-a")
+    hub._send_probes()
+    hub._forward(tap, probe_out_of(a))
+    assert hub.switch.is_blocked(a) and not hub.switch.is_blocked(tap)
+    assert hub.status()["tap"]["switch"]["blocked"] is False
+
+
+def test_a_block_lifts_after_hold_s_without_evidence(make_hub, clock, caplog):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._send_probes()
+    hub._forward(b, probe_out_of(a))
+    assert hub.switch.is_blocked(b)
+    with caplog.at_level(logging.INFO, logger="l2vpn.hub"):
+        clock.advance(hub.loops.hold_s)                  # not more than hold_s yet
+        hub._send_probes()
+        assert hub.switch.is_blocked(b)
+        clock.advance(0.01)
+        hub._send_probes()
+    assert not hub.switch.is_blocked(b)
+    (line,) = hub_lines(caplog, logging.WARNING)
+    assert "site-a" in line and "site-b" in line and "unblocking site-b" in line
+    assert hub.status()["switch"]["blocked"] == []
+    clear(a, b)
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    assert len(b.sent) == 1
+
+
+def test_a_block_holds_while_probes_keep_coming_back(make_hub, clock):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._send_probes()
+    hub._forward(b, probe_out_of(a))
+    for _ in range(4 * int(hub.loops.hold_s)):
+        clock.advance(hub.loops.interval_s)
+        hub._send_probes()
+        hub._forward(b, probe_out_of(a))                 # the loop is still there
+        assert hub.switch.is_blocked(b)
+    assert hub.status()["switch"]["blocked"][0]["since_s"] == pytest.approx(
+        4 * int(hub.loops.hold_s) * hub.loops.interval_s)
+
+
+def test_closing_a_blocked_session_forgets_it_in_the_loop_guard(make_hub, clock, caplog):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(b, eth(BROADCAST, mac(2)))
+    hub._send_probes()
+    old_probe_of_b = probe_out_of(b)
+    hub._forward(b, probe_out_of(a))
+    assert hub.switch.port_info(b)["macs"] == 0           # flushed when it was blocked
+    with caplog.at_level(logging.INFO, logger="l2vpn.hub"):
+        hub._on_close(b, "peer closed the connection")
+    assert hub_lines(caplog, logging.WARNING) == [
+        "port site-b, blocked for a loop with site-a, is gone"]
+    assert hub_lines(caplog, logging.INFO) == [
+        "spoke site-b down: peer closed the connection (0 MACs flushed)"]
+    assert hub.loops.blocked() == {}
+    assert hub.status()["switch"]["blocked"] == []
+    clear(a, b)
+    hub._send_probes()
+    assert b.sent == [] and len(a.sent) == 1              # no probes for a gone port
+    hub._forward(a, old_probe_of_b)                       # names a port that is gone
+    assert hub.loops.counters["forged"] == 1 and not hub.switch.is_blocked(a)
+    # the name is free again: a new session of site-b is a port like any other
+    (b2,) = up(hub, "site-b")
+    hub._send_probes()
+    assert len(b2.sent) == 1 and not hub.switch.is_blocked(b2)
+
+
+def test_when_the_older_partner_leaves_the_block_runs_out_on_its_own(make_hub, clock, caplog):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._send_probes()
+    hub._forward(b, probe_out_of(a))
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        hub._on_close(a, "peer closed the connection")
+    assert hub_lines(caplog) == []                       # only the blocked port's own leaving
+    assert hub.switch.is_blocked(b)
+    clock.advance(hub.loops.hold_s + 0.1)
+    hub._send_probes()
+    assert not hub.switch.is_blocked(b)
+
+
+def test_blocking_forgets_the_hosts_learnt_on_the_blocked_port(make_hub, clock):
+    hub = make_hub()
+    a, b, c = up(hub, "site-a", "site-b", "site-c")
+    hub._forward(b, eth(BROADCAST, mac(2)))
+    hub._send_probes()
+    hub._forward(b, probe_out_of(a))
+    assert hub.switch.lookup(mac(2), clock()) is None
+    clear(a, b, c)
+    hub._forward(c, eth(mac(2), mac(3)))                 # flooded to what is left
+    assert len(a.sent) == 1 and b.sent == []
+
+
+def test_unblocking_forgets_the_hosts_learnt_on_the_partner(make_hub, clock):
+    hub = make_hub()
+    a, b, c = up(hub, "site-a", "site-b", "site-c")
+    hub._send_probes()
+    hub._forward(b, probe_out_of(a))
+    # through the loop, a host behind b was learnt on a
+    hub._forward(a, eth(BROADCAST, mac(2)))
+    hub._forward(c, eth(BROADCAST, mac(3)))
+    assert hub.switch.lookup(mac(2), clock()) is a
+    clock.advance(hub.loops.hold_s + 0.1)
+    hub._send_probes()
+    assert not hub.switch.is_blocked(b)
+    assert hub.switch.lookup(mac(2), clock()) is None
+    assert hub.switch.lookup(mac(3), clock()) is c       # other ports keep theirs
+
+
+def test_a_replaced_session_leaves_the_loop_guard_for_its_successor(make_hub):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._send_probes()
+    hub._forward(b, probe_out_of(a))
+    b2 = FakeSession("site-b", remote="192.0.2.9:1")
+    assert hub._on_up(b2) is None
+    assert hub.loops.blocked() == {}
+    assert not hub.switch.is_blocked(b2)
+    clear(a, b2)
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    assert len(b2.sent) == 1
+
+
+# -- without loop detection ------------------------------------------------------------
+
+
+def test_loop_detection_off_means_no_guard_no_intercept(make_hub, clock):
+    hub = make_hub(loop_detection=False)
+    assert hub.loops is None and hub.switch.intercept is None
+    a, b = up(hub, "site-a", "site-b")
+    probe_like = PLAIN_HDR + loopguard.PROBE_DST + loopguard.PROBE_SRC + b"\x88\xb5" + bytes(60)
+    hub._forward(a, probe_like)
+    assert b.sent == [probe_like]                        # an ordinary multicast
+    assert hub.switch.counters["probes"] == 0
+    st = hub.status()
+    assert st["switch"]["blocked"] == [] and "loop_detection" not in st["switch"]
+    hub._on_close(a, "gone")                             # no guard to forget it in
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_probes_are_scheduled_only_with_loop_detection(make_hub, monkeypatch, on):
+    hub = make_hub(loop_detection=on)
+    listener = socket.socket()
+    monkeypatch.setattr(hub_module, "_raise_fd_limit", lambda: None)
+    monkeypatch.setattr(hub_module.pki, "hub_context", lambda tls: None)
+    monkeypatch.setattr(hub_module, "listen", lambda address, port: listener)
+    every = []
+    monkeypatch.setattr(hub.loop, "call_every", lambda s, fn: every.append((s, fn)))
+    try:
+        hub._start()
+    finally:
+        hub.loop.forget(listener)
+        listener.close()
+    assert every == ([(hub.loops.interval_s, hub._send_probes)] if on else [])
+
+
+# -- backpressure ----------------------------------------------------------------------
+
+
+def test_a_stalled_destination_does_not_pause_its_source(make_hub):
+    hub = make_hub()
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(b, eth(BROADCAST, mac(2)))
+    b.congested = True
+    b.stalled = True
+    f = eth(mac(2), mac(1))
+    hub._forward(a, f)
+    assert b.sent[-1] == f
+    assert a.pauses == 0 and not a.paused and b.waiters == []
+    b.stalled = False                                    # drained and congested again
+    hub._forward(a, f)
+    assert a.pauses == 1 and b.waiters == [a]
+
+
+# -- reporting drops and flaps -----------------------------------------------------------
+
+
+def test_every_drop_reason_has_an_explanation_that_formats(make_hub):
+    hub = make_hub(max_macs_per_port=3, mac_move_holddown_s=2.5)
+    assert set(hub_module._EXPLAIN) == set(DROPS)
+    sw = hub.cfg.switch
+    texts = {r: hub_module._explain(r, sw) for r in DROPS}
+    assert "(3)" in texts["port_limit"] and "2.5" in texts["move_held"]
+    assert "(1000)" in texts["storm_broadcast"] and "(2000)" in texts["storm_multicast"]
+    assert "(2000)" in texts["storm_unknown_unicast"]
+
+
+def test_many_drops_make_one_line_per_port_per_interval(make_hub, clock, caplog):
+    hub = make_hub(max_macs_per_port=1)
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        for n in range(2, 52):
+            hub._forward(a, eth(BROADCAST, mac(n)))
+        hub._report(clock())
+        assert hub_lines(caplog) == [
+            "port site-a dropped frames: 50 frames from new MACs past max_macs_per_port (1)"]
+        caplog.clear()
+        for second in range(1, int(REPORT_S)):
+            clock.advance(1.0)
+            for n in range(100, 120):
+                hub._forward(a, eth(BROADCAST, mac(n)))
+            hub._report(clock())
+        assert hub_lines(caplog) == []
+        clock.advance(1.0)
+        hub._report(clock())
+        assert hub_lines(caplog) == [
+            f"port site-a dropped frames: {20 * (int(REPORT_S) - 1)} frames from new MACs "
+            "past max_macs_per_port (1)"]
+        caplog.clear()
+        for _ in range(3):
+            clock.advance(REPORT_S)
+            hub._report(clock())                     # nothing new: nothing to say
+    assert hub_lines(caplog) == []
+
+
+def test_reasons_seen_together_share_one_line(make_hub, clock, caplog):
+    hub = make_hub(max_macs_per_port=1)
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    hub._forward(a, eth(BROADCAST, mac(2)))
+    hub._forward(a, eth(BROADCAST, mac(1), size=2000))
+    hub._forward(b, eth(BROADCAST, MCAST))
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        hub._report(clock())
+    lines = sorted(hub_lines(caplog))
+    assert len(lines) == 2
+    assert lines[0].startswith("port site-a dropped frames: ")
+    assert "1 frames over the port MTU plus headers" in lines[0]
+    assert "1 frames from new MACs past max_macs_per_port (1)" in lines[0]
+    assert lines[1] == "port site-b dropped frames: 1 frames with a multicast source MAC"
+
+
+def test_a_port_gets_at_most_one_line_per_interval_whatever_the_reasons(make_hub, clock,
+                                                                        caplog):
+    hub = make_hub(max_macs_per_port=1)
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        hub._forward(a, eth(BROADCAST, mac(2)))                  # port_limit
+        hub._report(clock())
+        clock.advance(1.0)
+        hub._forward(a, eth(BROADCAST, mac(1), size=2000))       # oversize
+        hub._report(clock())
+        clock.advance(1.0)
+        hub._forward(a, eth(BROADCAST, MCAST))                   # group source
+        hub._report(clock())
+    assert len([x for x in hub_lines(caplog) if x.startswith("port site-a ")]) == 1
+
+
+def test_drops_of_a_closed_port_are_forgotten(make_hub, clock, caplog):
+    hub = make_hub(max_macs_per_port=1)
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    hub._forward(a, eth(BROADCAST, mac(2)))
+    hub._report(clock())
+    clock.advance(1.0)
+    hub._forward(a, eth(BROADCAST, mac(3)))
+    hub._report(clock())                                  # counted, not due yet
+    assert hub.reports._pending
+    hub._on_close(a, "gone")
+    assert not hub.reports._pending
+    assert not [k for k in hub.reports._totals if k[1] is a]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        clock.advance(REPORT_S)
+        hub._report(clock())
+    assert hub_lines(caplog) == []
+
+
+def test_flaps_are_logged_once_per_interval(make_hub, clock, caplog):
+    hub = make_hub(mac_move_holddown_s=5.0)
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        for _ in range(30):
+            hub._forward(b, eth(BROADCAST, mac(1)))
+        hub._report(clock())
+        flaps = [x for x in hub_lines(caplog) if x.startswith("MAC ")]
+        assert flaps == [
+            "MAC 02:00:00:00:00:01 lives on port site-a but port site-b claimed it 30 times in "
+            f"the last {REPORT_S:g} s: held on site-a (mac_move_holddown_s 5)"]
+        caplog.clear()
+        for _ in range(int(REPORT_S) - 1):
+            clock.advance(1.0)
+            hub._forward(a, eth(BROADCAST, mac(1)))     # the home keeps it alive
+            for _ in range(5):
+                hub._forward(b, eth(BROADCAST, mac(1)))
+            hub._report(clock())
+        assert not [x for x in hub_lines(caplog) if x.startswith("MAC ")]
+        clock.advance(1.0)
+        hub._report(clock())
+    flaps = [x for x in hub_lines(caplog) if x.startswith("MAC ")]
+    assert len(flaps) == 1 and f"claimed it {5 * (int(REPORT_S) - 1)} times" in flaps[0]
+    drops = [x for x in hub_lines(caplog) if x.startswith("port ")]
+    assert len(drops) == 1 and "frames claiming MACs of another port" in drops[0]
+
+
+def test_a_mac_flapping_both_ways_gets_one_line_per_interval_naming_its_home_now(
+        make_hub, clock, caplog):
+    hub = make_hub(mac_move_holddown_s=0.5)
+    a, b = up(hub, "site-a", "site-b")
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        hub._forward(a, eth(BROADCAST, mac(1)))
+        hub._forward(b, eth(BROADCAST, mac(1)))           # held: lives on a
+        hub._report(clock())
+        clock.advance(1.0)
+        hub._forward(b, eth(BROADCAST, mac(1)))           # a silent 1 s: moves to b
+        hub._forward(a, eth(BROADCAST, mac(1)))           # held: now lives on b
+        hub._report(clock())
+        first = [x for x in hub_lines(caplog) if x.startswith("MAC ")]
+        clock.advance(REPORT_S)
+        hub._report(clock())
+    flaps = [x for x in hub_lines(caplog) if x.startswith("MAC ")]
+    assert len(first) == 1 and "lives on port site-a but port site-b" in first[0]
+    assert len(flaps) == 2
+    assert "lives on port site-b but port site-a claimed it 1 times" in flaps[1]
+
+
+def test_flaps_of_a_closed_port_are_forgotten(make_hub, clock, caplog):
+    hub = make_hub(mac_move_holddown_s=5.0)
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    hub._forward(b, eth(BROADCAST, mac(1)))
+    hub._report(clock())                                  # the first flap line
+    clock.advance(1.0)
+    hub._forward(b, eth(BROADCAST, mac(1)))
+    hub._report(clock())                                  # counted, not due yet
+    hub._on_close(b, "gone")
+    assert not hub._flappers and not hub.reports._pending
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        clock.advance(REPORT_S)
+        hub._report(clock())
+    assert hub_lines(caplog) == []
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+def test_status_has_switch_facts_per_session_and_for_the_tap(make_hub, clock):
+    hub = make_hub(max_macs_per_port=1)
+    tap = with_tap(hub)
+    a, b = up(hub, "site-a", "site-b")
+    hub._forward(a, eth(BROADCAST, mac(1)))
+    hub._forward(a, eth(BROADCAST, mac(2)))
+    hub._forward(tap, eth(BROADCAST, mac(3)))
+    st = hub.status()
+    by_cn = {s["cn"]: s["switch"] for s in st["sessions"]}
+    assert by_cn["site-a"]["macs"] == 1 and by_cn["site-a"]["blocked"] is False
+    assert by_cn["site-a"]["drops"]["port_limit"] == 1
+    assert set(by_cn["site-a"]["drops"]) == set(DROPS)
+    assert by_cn["site-b"] == {"macs": 0, "blocked": False, "drops": dict.fromkeys(DROPS, 0)}
+    assert st["tap"]["switch"]["macs"] == 1 and st["tap"]["name"] == "l2hub0"
+    assert st["switch"]["counters"]["port_limit"] == 1
+    assert st["switch"]["loop_detection"] == dict.fromkeys(loopguard.COUNTERS, 0)
+    assert json.loads(json.dumps(st)) == st
