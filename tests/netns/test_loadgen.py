@@ -46,6 +46,8 @@ def test_unicast_is_forwarded_not_flooded(report):
     assert fwd["hub_flooded"] == 0
     assert fwd["hub_forwarded"] >= fwd["frames_received"]
     assert report["sessions"]["unexpected_frames_outside_phase3"] == 0
+    # the hub's loop probes reach every synthetic spoke and are told apart from traffic
+    assert report["sessions"]["loop_probes_received"] >= report["params"]["sessions"]
 
 
 def test_hub_memory_and_lookup_cost_are_reported(report):
