@@ -23,7 +23,7 @@ from l2vpn import guard, loopguard, pki
 from l2vpn.config import NODE_NAME
 from l2vpn.errors import PKIError
 from l2vpn.frame import format_mac
-from l2vpn.logs import IntervalCounts, RateLimitedLog
+from l2vpn.logs import DropReports, IntervalCounts, RateLimitedLog
 from l2vpn.node import Node
 from l2vpn.loop import READ
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN
@@ -61,8 +61,8 @@ class Hub(Node):
         self.sessions = {}        # CN -> Session, only sessions that are up
         self.pending = set()      # handshaking or waiting for the hello
         self.refusals = RateLimitedLog(log)
-        self.reports = IntervalCounts(REPORT_S)   # keys ("drop", port) and ("flap", mac)
-        self._drops_told = {}     # port -> its drop counts when they were last logged
+        self.drop_reports = DropReports(REPORT_S)   # per port
+        self.flap_reports = IntervalCounts(REPORT_S)  # per MAC
         self._flappers = {}       # MAC -> (home, claimer) of the flap not yet logged
         self.listener = None
 
@@ -172,10 +172,10 @@ class Hub(Node):
                 log.warning("port %s, blocked for a loop with %s, is gone", _port_name(port),
                             _port_name(other))
         gone = {mac for mac, pair in self._flappers.items() if port in pair}
-        self.reports.forget(lambda key: key[1] is port if key[0] == "drop" else key[1] in gone)
+        self.flap_reports.forget(lambda mac: mac in gone)
         for mac in gone:
             del self._flappers[mac]
-        self._drops_told.pop(port, None)
+        self.drop_reports.forget(port)
         return self.switch.drop_port(port)
 
     # -- data path -------------------------------------------------------------------
@@ -227,27 +227,19 @@ class Hub(Node):
         """Log drops and MAC flaps, at most one line per port (or MAC) per REPORT_S."""
         sw = self.cfg.switch
         for port in self.switch.ports:
-            drops = self.switch.port_info(port)["drops"]
-            self.reports.update(("drop", port), sum(drops.values()))
+            self.drop_reports.update(port, self.switch.port_info(port)["drops"])
+        for port, counts in self.drop_reports.due(now):
+            log.warning("port %s dropped frames: %s", _port_name(port),
+                        "; ".join(f"{n} {_explain(reason, sw)}" for reason, n in counts.items()))
         for mac, (home, claimer, held) in self.switch.take_flaps().items():
             self._flappers[mac] = (home, claimer)   # the latest pair is the one to name
-            self.reports.add(("flap", mac), held)
-        for key, count in self.reports.due(now):
-            if key[0] == "drop":
-                port = key[1]
-                drops = self.switch.port_info(port)["drops"]
-                before = self._drops_told.get(port, {})
-                parts = [f"{n - before.get(reason, 0)} {_explain(reason, sw)}"
-                         for reason, n in drops.items() if n != before.get(reason, 0)]
-                self._drops_told[port] = drops
-                log.warning("port %s dropped frames: %s", _port_name(port), "; ".join(parts))
-            else:
-                mac = key[1]
-                home, claimer = self._flappers.pop(mac)
-                log.warning("MAC %s lives on port %s but port %s claimed it %d times in the "
-                            "last %g s: held on %s (mac_move_holddown_s %g)", format_mac(mac),
-                            _port_name(home), _port_name(claimer), count, REPORT_S,
-                            _port_name(home), sw.mac_move_holddown_s)
+            self.flap_reports.add(mac, held)
+        for mac, count in self.flap_reports.due(now):
+            home, claimer = self._flappers.pop(mac)
+            log.warning("MAC %s lives on port %s but port %s claimed it %d times in the "
+                        "last %g s: held on %s (mac_move_holddown_s %g)", format_mac(mac),
+                        _port_name(home), _port_name(claimer), count, REPORT_S,
+                        _port_name(home), sw.mac_move_holddown_s)
 
     def _say_goodbye(self):
         for session in list(self.sessions.values()) + list(self.pending):

@@ -90,3 +90,34 @@ class IntervalCounts:
         for table in (self._pending, self._last, self._totals):
             for key in [k for k in table if pred(k)]:
                 del table[key]
+
+
+class DropReports:
+    """Drop counters per subject (a port), {reason: running total}, reported at most once
+    per `interval_s` per subject, as {reason: count since that subject's last report}, so
+    a port dropping for several reasons still makes one line per interval."""
+
+    def __init__(self, interval_s: float = 10.0):
+        self._counts = IntervalCounts(interval_s)
+        self._latest = {}   # subject -> the totals update() saw last
+        self._told = {}     # subject -> the totals when it was last reported
+
+    def update(self, subject, totals: dict) -> None:
+        self._counts.update(subject, sum(totals.values()))
+        self._latest[subject] = totals
+
+    def due(self, now: float) -> list:
+        """[(subject, {reason: count})] to report now."""
+        out = []
+        for subject, _count in self._counts.due(now):
+            totals = self._latest[subject]
+            told = self._told.get(subject, {})
+            out.append((subject, {r: n - told.get(r, 0) for r, n in totals.items()
+                                  if n != told.get(r, 0)}))
+            self._told[subject] = dict(totals)
+        return out
+
+    def forget(self, subject) -> None:
+        self._counts.forget(lambda key: key is subject)
+        self._latest.pop(subject, None)
+        self._told.pop(subject, None)

@@ -528,10 +528,9 @@ def test_drops_of_a_closed_port_are_forgotten(make_hub, clock, caplog):
     clock.advance(1.0)
     hub._forward(a, eth(BROADCAST, mac(3)))
     hub._report(clock())                                  # counted, not due yet
-    assert hub.reports._pending
+    assert a in hub.drop_reports._latest
     hub._on_close(a, "gone")
-    assert not hub.reports._pending
-    assert not [k for k in hub.reports._totals if k[1] is a]
+    assert a not in hub.drop_reports._latest and a not in hub.drop_reports._told
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
         clock.advance(REPORT_S)
@@ -598,7 +597,7 @@ def test_flaps_of_a_closed_port_are_forgotten(make_hub, clock, caplog):
     hub._forward(b, eth(BROADCAST, mac(1)))
     hub._report(clock())                                  # counted, not due yet
     hub._on_close(b, "gone")
-    assert not hub._flappers and not hub.reports._pending
+    assert not hub._flappers and not hub.flap_reports._pending
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
         clock.advance(REPORT_S)

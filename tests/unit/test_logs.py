@@ -3,7 +3,7 @@ import logging
 import pytest
 from fakes import FakeClock
 
-from l2vpn.logs import IntervalCounts, RateLimitedLog
+from l2vpn.logs import DropReports, IntervalCounts, RateLimitedLog
 
 
 class ListLogger:
@@ -225,3 +225,27 @@ def test_keys_quiet_for_two_intervals_are_pruned():
     assert ic.due(21.0) == [(5, 2)]       # a pruned key is new again: due at once
     assert ic.due(25.0) == [("busy", 1)]
 
+
+
+def test_drop_reports_give_one_breakdown_per_subject_per_interval():
+    dr = DropReports(10.0)
+    dr.update("a", {"runt": 2, "oversize": 0})
+    dr.update("b", {"runt": 0, "oversize": 0})
+    assert dr.due(0.0) == [("a", {"runt": 2})]           # the first drops at once
+    dr.update("a", {"runt": 3, "oversize": 4})
+    assert dr.due(5.0) == []                              # then once per interval
+    dr.update("a", {"runt": 3, "oversize": 5})
+    assert dr.due(10.0) == [("a", {"runt": 1, "oversize": 5})]
+    dr.update("a", {"runt": 3, "oversize": 5})
+    assert dr.due(30.0) == []                             # nothing new, nothing said
+
+
+def test_drop_reports_forget_a_subject_entirely():
+    dr = DropReports(10.0)
+    dr.update("a", {"runt": 1})
+    dr.due(0.0)
+    dr.update("a", {"runt": 2})
+    dr.forget("a")
+    assert dr.due(100.0) == []
+    dr.update("a", {"runt": 1})                           # a new port of the same name
+    assert dr.due(100.0) == [("a", {"runt": 1})]
