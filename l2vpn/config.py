@@ -60,6 +60,7 @@ class HubEndpoint:
     port: int = DEFAULT_PORT
     server_name: str | None = None  # None: trust any hub certificate our CA issued
     offload: bool = True  # offer CAP_VNET_HDR to the hub: carry super-frames whole
+    flood_limits: bool = True  # offer CAP_FLOOD_LIMITS: drop floods past the hub's limits here
 
 
 @dataclass(frozen=True)
@@ -394,6 +395,7 @@ SECTIONS: tuple[Section, ...] = (
             Key("port", PORT),
             Key("server_name", host),
             Key("offload", boolean),
+            Key("flood_limits", boolean),
         ),
         HubEndpoint,
         roles=frozenset({"spoke"}),

@@ -29,7 +29,7 @@ from l2vpn.loop import READ
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN
 from l2vpn.switch import PROBE, SwitchTable
 from l2vpn.transport import CLOSED, Session, format_addr, listen
-from l2vpn.wire import CAP_VNET_HDR
+from l2vpn.wire import CAP_FLOOD_LIMITS, CAP_VNET_HDR
 
 log = logging.getLogger("l2vpn.hub")
 
@@ -106,7 +106,8 @@ class Hub(Node):
             session = Session(
                 self.loop, sock, format_addr(addr), context=self.context, server_side=True,
                 node=self.cfg.node, mtu=self._mtu(),
-                caps=CAP_VNET_HDR if self.cfg.listen.offload else 0, on_secure=self._on_secure,
+                caps=(CAP_VNET_HDR if self.cfg.listen.offload else 0) | CAP_FLOOD_LIMITS,
+                on_secure=self._on_secure,
                 on_up=self._on_up, on_frame=self._forward, on_close=self._on_close)
             if session.state != CLOSED:
                 self.pending.add(session)
@@ -142,8 +143,12 @@ class Hub(Node):
         self.pending.discard(session)
         self.sessions[session.cn] = session
         self._add_port(session, session.cn, session.peer.mtu)
-        log.info("spoke %s up from %s (%s)", session.cn, session.remote,
-                 "super-frames carried whole" if session.vnet else "plain frames")
+        if session.flood_limits:   # the spoke drops a storm before it costs us anything
+            st = self.cfg.switch.storm
+            session.send_limits(st.broadcast_pps, st.multicast_pps, st.unknown_unicast_pps)
+        log.info("spoke %s up from %s (%s%s)", session.cn, session.remote,
+                 "super-frames carried whole" if session.vnet else "plain frames",
+                 "" if session.flood_limits else "; it does not apply flood limits itself")
         return None
 
     def _on_close(self, session, reason):

@@ -3,20 +3,30 @@
 The TAP stays up while the hub is away (frames read meanwhile are dropped and counted),
 so local addresses, bridges and ARP entries survive a hub restart. Reconnects back off
 exponentially with jitter, so a hub coming back is not hit by every spoke at once.
+
+When the hub sends its flood limits (LIMITS, see storm.py), broadcasts and multicasts
+past them are dropped here, before they cost the hub anything; the hub's loop probes
+are exempt, so a storm caused by a loop cannot hide the loop.
 """
 
 import logging
 import random
 
-from l2vpn import pki
+from l2vpn import pki, storm
 from l2vpn.errors import PKIError, TransportError
+from l2vpn.logs import DropReports
+from l2vpn.loopguard import PROBE_DST
 from l2vpn.node import Node
+from l2vpn.offload import VNET_HDR_LEN
 from l2vpn.transport import UP, Session, connect
-from l2vpn.wire import CAP_VNET_HDR
+from l2vpn.wire import CAP_FLOOD_LIMITS, CAP_VNET_HDR
 
 log = logging.getLogger("l2vpn.spoke")
 
 JITTER = 0.2
+REPORT_S = 10.0
+_EXPLAIN = {"storm_broadcast": "broadcasts over the hub's limit of {0.broadcast_pps}/s",
+            "storm_multicast": "multicasts over the hub's limit of {0.multicast_pps}/s"}
 
 
 class Spoke(Node):
@@ -30,6 +40,10 @@ class Spoke(Node):
         self.next_attempt = None
         self.last_error = None
         self._retry_timer = None
+        self.limiter = None       # storm.FloodLimiter while the hub's limits are in force
+        self.limits = None        # wire.Limits the hub sent last, kept for the log
+        self.flood_drops = dict.fromkeys(_EXPLAIN, 0)   # across sessions
+        self.drop_reports = DropReports(REPORT_S)
 
     def _start(self):
         self.context = pki.spoke_context(self.cfg.tls, self.cfg.hub.server_name)
@@ -50,9 +64,10 @@ class Spoke(Node):
         self.session = Session(
             self.loop, sock, remote, context=self.context, server_side=False,
             node=self.cfg.node, mtu=self.cfg.tap.mtu, server_hostname=hub.server_name,
-            caps=CAP_VNET_HDR if hub.offload else 0,
+            caps=(CAP_VNET_HDR if hub.offload else 0)
+            | (CAP_FLOOD_LIMITS if hub.flood_limits else 0),
             on_secure=self._on_secure, on_up=self._on_up, on_frame=self._from_hub,
-            on_close=self._on_close)
+            on_close=self._on_close, on_limits=self._on_limits)
 
     def _on_secure(self, session):
         try:
@@ -74,9 +89,18 @@ class Spoke(Node):
         self.last_error = None
         return None
 
+    def _on_limits(self, session, limits):
+        self.limits = limits
+        self.limiter = storm.FloodLimiter(limits.broadcast_pps, limits.multicast_pps,
+                                          exempt=PROBE_DST, drops=self.flood_drops)
+        log.info("hub %s accepts %s broadcasts/s and %s multicasts/s from this site; the "
+                 "excess is dropped here", session.name, limits.broadcast_pps or "any",
+                 limits.multicast_pps or "any")
+
     def _on_close(self, session, reason):
         if session is self.session:
             self.session = None
+            self.limiter = None   # the next hub (or this one, restarted) sends its own
         if self.stopping:
             return
         if session.up_since is not None:
@@ -102,6 +126,10 @@ class Spoke(Node):
         if session is None or session.state != UP:
             port.drops += 1
             return
+        limiter = self.limiter
+        if (limiter is not None and len(frame) > VNET_HDR_LEN and frame[VNET_HDR_LEN] & 1
+                and not limiter.admit(frame, VNET_HDR_LEN, self.loop.clock())):
+            return      # a flood past the hub's limits (the clock is read for floods only)
         session.send_frame(frame)
         if session.congested:
             port.pause()
@@ -111,8 +139,14 @@ class Spoke(Node):
         self.tap.send_frame(frame)
 
     def _tick(self):
+        now = self.loop.clock()
         if self.session is not None:
-            self.check_session_health(self.session, self.loop.clock())
+            self.check_session_health(self.session, now)
+        self.drop_reports.update("tap", self.flood_drops)
+        for _tap, counts in self.drop_reports.due(now):
+            log.warning("TAP %s: dropped %s before sending them to the hub",
+                        self.tap.device.name, "; ".join(
+                            f"{n} {_EXPLAIN[r].format(self.limits)}" for r, n in counts.items()))
 
     def _say_goodbye(self):
         self._cancel_retry()
@@ -131,4 +165,8 @@ class Spoke(Node):
         if self.last_error:
             hub["last_error"] = self.last_error
         out["hub"] = hub
+        lim = self.limiter
+        out["flood_limits"] = None if lim is None else {
+            "broadcast_pps": lim.broadcast_pps, "multicast_pps": lim.multicast_pps}
+        out["flood_drops"] = dict(self.flood_drops)
         return out

@@ -28,7 +28,7 @@ were added) is built on its first use after the ports change, so neither floodin
 forwarding allocates an answer per frame.
 """
 
-from l2vpn import guard
+from l2vpn import guard, storm
 from l2vpn.frame import BROADCAST, ETH_HLEN, VLAN_HLEN
 
 DROP = ()
@@ -68,38 +68,11 @@ COUNTERS = DROPS + (
     "flushed",
 )
 
-_STORM = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast")
+_STORM = storm.DROP_REASONS
 # Room for 802.1Q/802.1ad tags above the MTU (a QinQ frame of full MTU is legal).
 TAG_ROOM = 2 * VLAN_HLEN
 NO_LIMIT = 1 << 62
 MAX_FLAPS = 256
-
-
-class _Bucket:
-    """A token bucket of `rate` frames per second holding at most `burst` frames."""
-
-    __slots__ = ("rate", "burst", "tokens", "last")
-
-    def __init__(self, rate: float, burst: float, now: float | None):
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.last = now
-
-    def take(self, now: float) -> bool:
-        last = self.last
-        tokens = self.tokens
-        if last is None or now > last:
-            if last is not None:
-                tokens += (now - last) * self.rate
-                if tokens > self.burst:
-                    tokens = self.burst
-            self.last = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
-            return True
-        self.tokens = tokens
-        return False
 
 
 class _Port:
@@ -175,8 +148,7 @@ class SwitchTable:
         if port in self._state:
             raise ValueError(f"port already added: {port!r}")
         max_frame = NO_LIMIT if mtu is None else mtu + ETH_HLEN + TAG_ROOM
-        buckets = tuple(_Bucket(rate, max(1.0, rate * self.storm_burst_s), None) if rate else None
-                        for rate in self.storm_pps)
+        buckets = tuple(storm.bucket(rate, self.storm_burst_s) for rate in self.storm_pps)
         self._state[port] = _Port(port, max_frame, self.guards - frozenset(trusted), buckets)
         self._ports_changed()
 

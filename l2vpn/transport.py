@@ -192,7 +192,7 @@ class Session:
 
     def __init__(self, loop, sock, remote, *, context, server_side, node, mtu, caps=0,
                  server_hostname=None, on_secure=None, on_up=None, on_frame=None,
-                 on_close=None):
+                 on_close=None, on_limits=None):
         self.loop = loop
         self.remote = remote
         self.context = context
@@ -203,6 +203,7 @@ class Session:
         self.on_up = on_up
         self.on_frame = on_frame
         self.on_close = on_close
+        self.on_limits = on_limits   # (session, wire.Limits): the peer's flood limits
         self.name = None
         self.cn = None
         self.peer = None
@@ -214,6 +215,7 @@ class Session:
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.drops = self.soft_offloads = self.offload_errors = 0
         self.vnet = False
+        self.flood_limits = False   # both hellos carry CAP_FLOOD_LIMITS
         self.port_log = RateLimitedLog(log)
         self.out = SendBuffer()
         self.stalled = False
@@ -375,6 +377,7 @@ class Session:
                 self.peer = ev
                 self.name = ev.node
                 self.vnet = self.conn.vnet
+                self.flood_limits = self.conn.flood_limits
                 if self.on_up is not None:
                     problem = self.on_up(self)
                     if problem:
@@ -383,6 +386,9 @@ class Session:
                 self.state = UP
                 self.up_since = self.loop.clock()
                 self._deadline.cancel()
+            elif type(ev) is wire.Limits:
+                if self.on_limits is not None:
+                    self.on_limits(self, ev)
             elif type(ev) is wire.Goodbye:
                 self.close(f"peer said goodbye ({ev.reason or 'no reason'})")
             elif type(ev) is wire.ConnectionClosed:
@@ -446,6 +452,13 @@ class Session:
             self.frames_out += 1
             self.bytes_out += len(data) - VNET_HDR_LEN
         self.loop.want_flush(self, self.flush)
+
+    def send_limits(self, broadcast_pps: int, multicast_pps: int,
+                    unknown_unicast_pps: int) -> None:
+        """Tell the peer the flood rates we accept from it (needs `flood_limits`)."""
+        if self.state != CLOSED:
+            self.out.put(self.conn.limits(broadcast_pps, multicast_pps, unknown_unicast_pps))
+            self.loop.want_flush(self, self.flush)
 
     def send_keepalive(self) -> None:
         if self.state == UP:
@@ -609,6 +622,7 @@ class Session:
             "buffered_b": self.buffered,
             "caps": self.conn.caps if self.peer else 0,
             "vnet": self.vnet,
+            "flood_limits": self.flood_limits,
             "soft_offloads": self.soft_offloads,
             "offload_errors": self.offload_errors,
             "stalled": self.stalled,

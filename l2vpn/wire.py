@@ -32,6 +32,12 @@ KEEPALIVE (0x04)
     Empty. Proves the peer is alive when no frames flow.
 GOODBYE (0x05)
     A UTF-8 reason of at most 256 bytes. The sender sends nothing after it.
+LIMITS (0x06)
+    ``broadcast_pps u32 | multicast_pps u32 | unknown_unicast_pps u32``, exactly 12 bytes:
+    the rates at which the sender accepts flooded frames from the receiver (0: no limit),
+    so the receiver can drop the excess before it is sent. Allowed only when both hellos
+    carry `CAP_FLOOD_LIMITS`; may come any time after the hello, the latest counts. A
+    hub sends one right after the spoke's hello; spokes send none.
 
 A peer that breaks any rule (unknown type, record out of order, a bad hello, EOF in the
 middle of a record) gets a `RemoteProtocolError` and the connection is dead: one bad
@@ -55,8 +61,10 @@ FRAME = 0x02
 FRAME_VNET = 0x03
 KEEPALIVE = 0x04
 GOODBYE = 0x05
+LIMITS = 0x06
 
 CAP_VNET_HDR = 1 << 0
+CAP_FLOOD_LIMITS = 1 << 1
 
 HEADER_LEN = 4
 VNET_HDR_LEN = 10
@@ -69,14 +77,17 @@ _MAX_U24 = 0xFFFFFF
 _MAX_HELLO = 1024
 _HEADER = struct.Struct(">I")
 _HELLO = struct.Struct(">4sBBHIB")
+_LIMITS = struct.Struct(">III")
+_MAX_U32 = 0xFFFFFFFF
 
-_TYPE_LIMITS = {HELLO: _MAX_HELLO, GOODBYE: MAX_REASON}
+_TYPE_LIMITS = {HELLO: _MAX_HELLO, GOODBYE: MAX_REASON, LIMITS: _LIMITS.size}
 _TYPE_NAMES = {
     HELLO: "HELLO",
     FRAME: "FRAME",
     FRAME_VNET: "FRAME_VNET",
     KEEPALIVE: "KEEPALIVE",
     GOODBYE: "GOODBYE",
+    LIMITS: "LIMITS",
 }
 
 
@@ -128,6 +139,15 @@ class Goodbye:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Flood rates (frames per second, 0 = no limit) the peer accepts from us."""
+
+    broadcast_pps: int
+    multicast_pps: int
+    unknown_unicast_pps: int
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer's stream ended cleanly, at a record boundary."""
 
@@ -141,12 +161,14 @@ _EVENT_OF = {
     FRAME_VNET: Frame,
     KEEPALIVE: Keepalive,
     GOODBYE: Goodbye,
+    LIMITS: Limits,
 }
 
 # The same table rules what we send and what we accept from the peer.
 _TRANSITIONS = {
     AWAIT_HELLO: {Hello: OPEN, ConnectionClosed: CLOSED},
-    OPEN: {Frame: OPEN, Keepalive: OPEN, Goodbye: CLOSED, ConnectionClosed: CLOSED},
+    OPEN: {Frame: OPEN, Keepalive: OPEN, Limits: OPEN, Goodbye: CLOSED,
+           ConnectionClosed: CLOSED},
     CLOSED: {ConnectionClosed: CLOSED},
 }
 
@@ -268,6 +290,11 @@ class Connection:
         return self._vnet
 
     @property
+    def flood_limits(self) -> bool:
+        """Whether both hellos carry CAP_FLOOD_LIMITS, so LIMITS records may flow."""
+        return bool(self.caps & CAP_FLOOD_LIMITS)
+
+    @property
     def bytes_buffered(self) -> int:
         """Received bytes not yet turned into events, so the I/O layer can bound memory."""
         return len(self._buf) - self._pos
@@ -319,6 +346,17 @@ class Connection:
     def keepalive(self) -> bytes:
         self._send(Keepalive)
         return _HEADER.pack(KEEPALIVE << 24)
+
+    def limits(self, broadcast_pps: int, multicast_pps: int, unknown_unicast_pps: int) -> bytes:
+        """A LIMITS record: the flood rates we accept from the peer."""
+        rates = (broadcast_pps, multicast_pps, unknown_unicast_pps)
+        if not all(isinstance(r, int) and 0 <= r <= _MAX_U32 for r in rates):
+            raise LocalProtocolError(f"flood limits {rates} must be integers in 0..{_MAX_U32}")
+        if self._our_state is not OPEN:
+            self._send(Limits)
+        if not self.flood_limits:
+            raise LocalProtocolError("LIMITS sent but CAP_FLOOD_LIMITS was not negotiated")
+        return _HEADER.pack(LIMITS << 24 | _LIMITS.size) + _LIMITS.pack(*rates)
 
     def goodbye(self, reason: str = "") -> bytes:
         """Our last record; a reason over 256 bytes is cut at a character boundary."""
@@ -414,6 +452,8 @@ class Connection:
         if rtype == KEEPALIVE:
             return _KEEPALIVE
         payload = bytes(buf[start:end])
+        if rtype == LIMITS:
+            return Limits(*_LIMITS.unpack(payload))
         if rtype == GOODBYE:
             try:
                 return Goodbye(payload.decode("utf-8"))
@@ -448,6 +488,11 @@ class Connection:
             raise RemoteProtocolError("FRAME_VNET received but CAP_VNET_HDR was not negotiated")
         if rtype == KEEPALIVE and n:
             raise RemoteProtocolError(f"KEEPALIVE with a {n}-byte payload (must be empty)")
+        if rtype == LIMITS:
+            if not self.flood_limits:
+                raise RemoteProtocolError("LIMITS received but CAP_FLOOD_LIMITS was not negotiated")
+            if n != _LIMITS.size:
+                raise RemoteProtocolError(f"LIMITS of {n} bytes (must be {_LIMITS.size})")
         limit = _TYPE_LIMITS.get(rtype, self.max_payload)
         if n > limit:
             raise RemoteProtocolError(f"{name} record of {n} bytes exceeds the limit of {limit}")

@@ -64,7 +64,8 @@ class FakeSession(FakePort):
     """A session that finished its hello: a port plus the facts hub._on_up reads."""
 
     def __init__(self, cn: str, name: str | None = None, mtu: int = 1500,
-                 remote: str = "192.0.2.1:40000", up_since: float | None = 0.0):
+                 remote: str = "192.0.2.1:40000", up_since: float | None = 0.0,
+                 flood_limits: bool = False):
         super().__init__(cn)
         self.cn = cn
         self.name = name or cn
@@ -72,11 +73,16 @@ class FakeSession(FakePort):
         self.remote = remote
         self.state = "up"
         self.vnet = False
+        self.flood_limits = flood_limits
         self.up_since = up_since
         self.goodbyes = []
+        self.limits = []     # what send_limits() was given
 
     def __repr__(self):
         return f"<FakeSession {self.cn}>"
+
+    def send_limits(self, *rates) -> None:
+        self.limits.append(rates)
 
     def goodbye(self, reason: str, linger_s: float = 1.0) -> None:
         self.goodbyes.append(reason)

@@ -1,5 +1,6 @@
 """Storm control through a real hub: a busy LAN's start-up passes the defaults untouched;
-a storm from one site is cut to its limit while the other sites keep talking.
+a storm from one site is cut to its limit while the other sites keep talking, by the
+storming site's own spoke where it applies the hub's limits, else by the hub.
 
 Storm frames are counted where they come out (site-b's TAP) with a sniffer bound before
 the first frame leaves. The end of a flood is proved without sleeping: a known-unicast
@@ -105,14 +106,17 @@ def test_busy_lan_start_up_crosses_default_limits_untouched(make_lab):
 
 @pytest.fixture(scope="module")
 def limited_lab():
-    """site-a floods, site-b watches, site-c is the other end of site-b's traffic; every
-    storm limit at LIMIT_PPS."""
-    lab = labnet.Lab(spokes=["site-a", "site-b", "site-c"])
+    """site-a and site-d flood, site-b watches, site-c is the other end of site-b's traffic;
+    every storm limit at LIMIT_PPS. site-a applies the hub's limits itself (the default);
+    site-d is told not to (hub.flood_limits: false, as a spoke from before LIMITS), so the
+    hub has to drop its storm after paying for it."""
+    lab = labnet.Lab(spokes=["site-a", "site-b", "site-c", "site-d"])
     try:
         lab.build()
         lab.update_config("hub", {"switch": {"storm": {
             "broadcast_pps": LIMIT_PPS, "multicast_pps": LIMIT_PPS,
             "unknown_unicast_pps": LIMIT_PPS}}})
+        lab.update_config("site-d", {"hub": {"flood_limits": False}})
         lab.start_all()
         lab.wait_sessions()
         lab.wait_ping(lab.ns("site-b"), lab.ip("site-c"))
@@ -153,16 +157,22 @@ class Background:
         return self.out["value"]
 
 
+@pytest.mark.parametrize("flooder", ["site-a", "site-d"])
 @pytest.mark.parametrize("cls", ["broadcast", "multicast", "unknown_unicast"])
-def test_a_storm_is_cut_to_its_limit_and_the_other_sites_keep_talking(limited_lab, cls):
+def test_a_storm_is_cut_to_its_limit_and_the_other_sites_keep_talking(limited_lab, cls,
+                                                                      flooder):
     lab = limited_lab
     key = f"storm_{cls}"
+    # site-a drops broadcast and multicast storms itself; unknown unicast only the hub
+    # can tell, and site-d leaves everything to the hub
+    cut_at_spoke = flooder == "site-a" and cls != "unknown_unicast"
     marker = b"storm-" + uuid.uuid4().hex.encode()
     head, frames = flood_frames(cls, marker)
     st0, before = hub_storm(lab)
-    a0 = session(st0, "site-a")
+    a0 = session(st0, flooder)
+    f0 = lab.status(flooder)
     sn = big_sniffer(lab, "site-b")
-    sock = raw_socket(lab.ns("site-a"), TAP)
+    sock = raw_socket(lab.ns(flooder), TAP)
     fence_mark = b"fence-" + uuid.uuid4().hex.encode()
     fence = bytes.fromhex(lab.tap_mac("site-b").replace(":", "")) + head[6:12] + ETH_TEST + \
         fence_mark.ljust(46, b".")
@@ -176,7 +186,7 @@ def test_a_storm_is_cut_to_its_limit_and_the_other_sites_keep_talking(limited_la
         t_start = time.monotonic()
         for f in frames:
             with contextlib.suppress(BlockingIOError, OSError):
-                sock.send(f)           # a full TAP queue drops; the hub counts what came
+                sock.send(f)           # a full TAP queue drops; the spoke counts what came
         deadline = time.monotonic() + 20
         while True:                    # the fence itself may meet a full queue: resend
             sock.send(fence)
@@ -195,23 +205,38 @@ def test_a_storm_is_cut_to_its_limit_and_the_other_sites_keep_talking(limited_la
         sock.close()
         sn.close()
     st1, after = hub_storm(lab)
-    a1 = session(st1, "site-a")
-    dropped = after[key] - before[key]
-    reached = a1["frames_in"] - a0["frames_in"] - fences   # storm frames the hub got
-    print(f"{cls}: {reached} of {FLOOD_FRAMES} reached the hub, {delivered} passed, "
-          f"{dropped} dropped, in {elapsed_s:.2f} s")
+    a1 = session(st1, flooder)
+    f1 = lab.status(flooder)
+    hub_dropped = after[key] - before[key]
+    read = f1["tap"]["frames_in"] - f0["tap"]["frames_in"] - fences   # the spoke got
+    reached = a1["frames_in"] - a0["frames_in"] - fences               # the hub got
+    spoke_dropped = f1["flood_drops"].get(key, 0) - f0["flood_drops"].get(key, 0)
+    print(f"{cls} from {flooder}: {read} of {FLOOD_FRAMES} read by the spoke, {reached} "
+          f"reached the hub, {delivered} passed; dropped {spoke_dropped} at the spoke, "
+          f"{hub_dropped} at the hub, in {elapsed_s:.2f} s")
+    assert read > 5 * LIMIT_PPS, "the flood hardly reached the spoke: nothing was tested"
     # what passes is bounded by the bucket: full at the start, refilled at the limit
     assert delivered <= LIMIT_PPS * 1.0 + LIMIT_PPS * elapsed_s + 2
     assert delivered >= min(reached, LIMIT_PPS) * 0.9, "storm control dropped too much"
-    # everything else was dropped and counted, in total and on site-a's port
-    assert reached > 5 * LIMIT_PPS, "the flood hardly reached the hub: nothing was tested"
-    assert abs(reached - delivered - dropped) <= 3
-    assert a1["switch"]["drops"][key] - a0["switch"]["drops"][key] == dropped
+    # the other spokes on the hub flood path: every frame the hub passed reached site-b
+    assert abs(reached - hub_dropped - delivered) <= 3
+    assert a1["switch"]["drops"][key] - a0["switch"]["drops"][key] == hub_dropped
     assert all(after[k] == before[k] for k in STORM_KEYS if k != key)
+    if cut_at_spoke:
+        # the storm stopped at its own site: the hub never paid for it
+        assert a1["flood_limits"] is True
+        assert f1["flood_limits"] == {"broadcast_pps": LIMIT_PPS, "multicast_pps": LIMIT_PPS}
+        assert abs(read - reached - spoke_dropped) <= 3
+        assert reached <= 2 * LIMIT_PPS + LIMIT_PPS * elapsed_s
+        assert hub_dropped <= 5
+    else:
+        assert spoke_dropped == 0 and abs(read - reached) <= 3
+        assert reached > 5 * LIMIT_PPS, "the flood hardly reached the hub: nothing was tested"
+        assert a1["flood_limits"] is (flooder == "site-a")
     # the port is limited, not cut off: same session, still up, still forwarding
     assert a1["state"] == "up" and a1["remote"] == a0["remote"]
     assert a1["uptime_s"] > a0["uptime_s"]
     assert not a1["switch"]["blocked"]
     assert r.ok, f"ping site-b -> site-c during the storm: {r}"
     assert t.received == t.size and t.intact
-    assert lab.ping(lab.ns("site-a"), lab.ip("site-b"), count=2).ok
+    assert lab.ping(lab.ns(flooder), lab.ip("site-b"), count=2).ok

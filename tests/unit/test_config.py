@@ -192,7 +192,7 @@ ERRORS = [
      "keepalive.timeout_s: expected more than interval_s (25), got 20 (the default)"),
     ("hub", with_changes(HUB, management={"socket": ""}), "management.socket: expected a file path, got ''"),
     ("spoke", with_changes(SPOKE, hub=None),
-     "hub: required section is missing (expected a mapping with keys: address, port, server_name, offload)"),
+     "hub: required section is missing (expected a mapping with keys: address, port, server_name, offload, flood_limits)"),
     ("spoke", with_changes(SPOKE, tap=None),
      "tap: required section is missing (expected a mapping with keys: name, mtu, address, bridge, mac, offload)"),
     ("spoke", with_changes(SPOKE, hub={"port": 7443}), "hub.address: required key is missing"),
@@ -318,6 +318,16 @@ def test_offloads_are_on_unless_turned_off(tmp_path):
     assert off.tap.offload is False and off.hub.offload is False
     hub = config.load_hub(write(tmp_path, with_changes(HUB, listen={"offload": False})))
     assert hub.listen.offload is False
+
+
+def test_spoke_flood_limits_are_on_unless_turned_off(tmp_path):
+    assert config.load_spoke(write(tmp_path, SPOKE)).hub.flood_limits is True
+    off = config.load_spoke(write(tmp_path, with_changes(
+        SPOKE, hub={**SPOKE["hub"], "flood_limits": False})))
+    assert off.hub.flood_limits is False
+    path = write(tmp_path, with_changes(SPOKE, hub={**SPOKE["hub"], "flood_limits": "no"}))
+    assert problems(path, "spoke") == [
+        f"{path}: hub.flood_limits: expected true or false, got 'no'"]
 
 
 # --- port security, CRL and privilege keys

@@ -605,6 +605,14 @@ def test_flaps_of_a_closed_port_are_forgotten(make_hub, clock, caplog):
     assert hub_lines(caplog) == []
 
 
+def test_the_hub_tells_spokes_that_can_apply_them_its_flood_limits(make_hub):
+    hub = make_hub(storm=StormConfig(broadcast_pps=7, multicast_pps=0, unknown_unicast_pps=9))
+    able, unable = FakeSession("site-a", flood_limits=True), FakeSession("site-b")
+    assert hub._on_up(able) is None and hub._on_up(unable) is None
+    assert able.limits == [(7, 0, 9)]
+    assert unable.limits == []
+
+
 # -- status ------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from fakes import FakePort, run_bounded, run_until, tcp_super_frame
 
 from l2vpn import pki, transport, wire
 from l2vpn.config import TLSConfig
-from l2vpn.errors import TransportError
+from l2vpn.errors import LocalProtocolError, TransportError
 from l2vpn.loop import READ
 from l2vpn.offload import PLAIN_HDR
 from l2vpn.transport import Session
@@ -59,6 +59,7 @@ class Link:
         self.vnet_frames = {"server": [], "client": []}
         self.ups = {}
         self.cns = {}
+        self.limits = {"server": [], "client": []}
         self.closes = []
         loop.watch(self.listener, READ, self._accept)
         if client_ctx is not None:
@@ -76,7 +77,8 @@ class Link:
         return Session(self.loop, sock, remote, context=context, server_side=server_side,
                        node=node, mtu=1500, caps=self.caps[side], on_secure=on_secure,
                        on_up=on_up, on_frame=lambda s, data: self._got(side, data),
-                       on_close=lambda s, reason: self.closes.append((side, reason)))
+                       on_close=lambda s, reason: self.closes.append((side, reason)),
+                       on_limits=lambda s, limits: self.limits[side].append(limits))
 
     def _got(self, side, data):
         """Frames arrive in vnet form; plain ones (zero header) are kept as plain frames."""
@@ -631,6 +633,30 @@ def test_a_frame_that_cannot_be_segmented_is_dropped_and_counted(link, loop):
 
 
 # -- the send buffer -----------------------------------------------------------------
+
+
+def test_flood_limits_reach_a_peer_that_offered_to_apply_them(loop, ctx, make_link):
+    lk = make_link(ctx["hub"], ctx["spoke"], server_caps=wire.CAP_FLOOD_LIMITS,
+                   client_caps=wire.CAP_FLOOD_LIMITS | wire.CAP_VNET_HDR)
+    run_until(loop, lk.up, what="both sessions up")
+    assert lk.server.flood_limits and lk.client.flood_limits and not lk.server.vnet
+    lk.server.send_limits(1000, 2000, 3000)
+    lk.server.send_frame(PLAIN_HDR + bytes(60))
+    run_until(loop, lambda: lk.frames["client"], what="the frame after the limits")
+    assert lk.limits["client"] == [wire.Limits(1000, 2000, 3000)]
+    assert lk.server.snapshot(loop.clock())["flood_limits"] is True
+
+
+@pytest.mark.parametrize("server_caps,client_caps", [(wire.CAP_FLOOD_LIMITS, 0),
+                                                     (0, wire.CAP_FLOOD_LIMITS)])
+def test_flood_limits_are_not_sent_unless_both_offer(loop, ctx, make_link, server_caps,
+                                                     client_caps):
+    lk = make_link(ctx["hub"], ctx["spoke"], server_caps=server_caps, client_caps=client_caps)
+    run_until(loop, lk.up, what="both sessions up")
+    assert not lk.server.flood_limits and not lk.client.flood_limits
+    assert lk.server.snapshot(loop.clock())["flood_limits"] is False
+    with pytest.raises(LocalProtocolError, match="not negotiated"):
+        lk.server.send_limits(1, 2, 3)
 
 
 def test_send_buffer_keeps_order_across_puts_and_partial_consumes():

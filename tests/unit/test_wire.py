@@ -9,6 +9,7 @@ from l2vpn import wire
 from l2vpn.errors import LocalProtocolError, RemoteProtocolError
 from l2vpn.wire import (
     AWAIT_HELLO,
+    CAP_FLOOD_LIMITS,
     CAP_VNET_HDR,
     CLOSED,
     ERROR,
@@ -18,6 +19,7 @@ from l2vpn.wire import (
     HEADER_LEN,
     HELLO,
     KEEPALIVE,
+    LIMITS,
     MAX_PAYLOAD,
     NEED_DATA,
     OPEN,
@@ -27,6 +29,7 @@ from l2vpn.wire import (
     Goodbye,
     Hello,
     Keepalive,
+    Limits,
     pack_header,
 )
 
@@ -326,7 +329,7 @@ def test_http_request_as_first_record():
     expect_remote_error(b"GET / HTTP/1.1\r\n", r"unknown record type 0x47")
 
 
-@pytest.mark.parametrize("rtype", [0x00, 0x06, 0x7F, 0xFF])
+@pytest.mark.parametrize("rtype", [0x00, 0x07, 0x7F, 0xFF])
 def test_unknown_record_type_after_hello(rtype):
     expect_remote_error(pack_header(rtype, 0), f"unknown record type {rtype:#04x}", opened())
 
@@ -629,7 +632,8 @@ _LENGTHS = st.one_of(st.integers(0, 80), st.sampled_from(
 # a long claim is left incomplete), or raw garbage between records.
 _pieces = st.one_of(
     st.builds(lambda rtype, n, body: pack_header(rtype, n) + body[:n],
-              st.sampled_from([HELLO, FRAME, FRAME_VNET, KEEPALIVE, GOODBYE]) | st.integers(0, 255),
+              st.sampled_from([HELLO, FRAME, FRAME_VNET, KEEPALIVE, GOODBYE, LIMITS])
+              | st.integers(0, 255),
               _LENGTHS, st.binary(max_size=100)),
     st.binary(max_size=6),
 )
@@ -651,7 +655,7 @@ def _buffer_bound(conn) -> int:
 @CI
 @given(hello=st.booleans(), pieces=st.lists(_pieces, max_size=12),
        max_payload=st.sampled_from([16, 100, 2000, MAX_PAYLOAD]),
-       caps=st.sampled_from([0, CAP_VNET_HDR]),
+       caps=st.sampled_from([0, CAP_VNET_HDR, CAP_FLOOD_LIMITS, CAP_VNET_HDR | CAP_FLOOD_LIMITS]),
        cuts=st.lists(st.integers(min_value=0), max_size=12), eof=st.booleans())
 def test_property_hostile_streams_stay_bounded_and_raise_only_remote_errors(
         hello, pieces, max_payload, caps, cuts, eof):
@@ -711,3 +715,61 @@ def test_property_vnet_stream_round_trips_through_any_chunking(frames, cuts):
         events += conn.events()
         assert conn.bytes_buffered < HEADER_LEN + MAX_PAYLOAD
     assert events == expected and conn.vnet
+
+
+# -- LIMITS: the flood rates a hub accepts, negotiated with CAP_FLOOD_LIMITS ---------------
+
+
+def test_limits_cross_when_both_sides_offer_the_capability():
+    pair = ConnectionPair(spoke_caps=CAP_FLOOD_LIMITS | CAP_VNET_HDR,
+                          hub_caps=CAP_FLOOD_LIMITS).handshake()
+    assert pair.hub.flood_limits and pair.spoke.flood_limits
+    rec = pair.hub.limits(1000, 2000, 0)
+    assert rec == bytes([LIMITS, 0, 0, 12]) + struct.pack(">III", 1000, 2000, 0)
+    assert pair.send(pair.hub, rec, chunk=1) == [Limits(1000, 2000, 0)]
+    # any number of times, frames in between, the latest counts
+    data = pair.hub.limits(5, 6, 7) + pair.hub.frame(ETH) + pair.hub.limits(0xFFFFFFFF, 0, 1)
+    assert pair.send(pair.hub, data) == [Limits(5, 6, 7), Frame(ETH), Limits(0xFFFFFFFF, 0, 1)]
+
+
+@pytest.mark.parametrize("spoke_caps, hub_caps", [(0, CAP_FLOOD_LIMITS),
+                                                  (CAP_FLOOD_LIMITS, 0), (CAP_VNET_HDR,) * 2])
+def test_limits_need_both_sides(spoke_caps, hub_caps):
+    pair = ConnectionPair(spoke_caps=spoke_caps, hub_caps=hub_caps).handshake()
+    assert not pair.hub.flood_limits and not pair.spoke.flood_limits
+    with pytest.raises(LocalProtocolError, match="CAP_FLOOD_LIMITS was not negotiated"):
+        pair.hub.limits(1, 2, 3)
+    # a peer that sends one anyway breaks the protocol
+    rogue = record(LIMITS, struct.pack(">III", 1, 2, 3))
+    with pytest.raises(RemoteProtocolError, match="CAP_FLOOD_LIMITS was not negotiated"):
+        pair.send(pair.hub, rogue)
+
+
+@pytest.mark.parametrize("n", [0, 11, 13, 255])
+def test_limits_of_the_wrong_size_are_refused_from_the_header(n):
+    conn = opened(caps=CAP_FLOOD_LIMITS)
+    conn.receive_data(pack_header(LIMITS, n))      # no payload yet: refused at the header
+    with pytest.raises(RemoteProtocolError, match=r"LIMITS .*12"):
+        conn.events()
+
+
+def test_limits_before_the_hello_are_refused():
+    expect_remote_error(record(LIMITS, bytes(12)), "expected HELLO first",
+                        fresh(caps=CAP_FLOOD_LIMITS))
+
+
+@pytest.mark.parametrize("rates", [(-1, 0, 0), (0, 1 << 32, 0), (0, 0, 1.5)])
+def test_limits_out_of_range_are_a_local_error(rates):
+    pair = ConnectionPair(CAP_FLOOD_LIMITS, CAP_FLOOD_LIMITS).handshake()
+    with pytest.raises(LocalProtocolError, match="must be integers"):
+        pair.hub.limits(*rates)
+
+
+def test_limits_cannot_be_sent_before_our_hello_or_after_goodbye():
+    conn = fresh(caps=CAP_FLOOD_LIMITS)
+    with pytest.raises(LocalProtocolError, match="before our hello"):
+        conn.limits(1, 1, 1)
+    pair = ConnectionPair(CAP_FLOOD_LIMITS, CAP_FLOOD_LIMITS).handshake()
+    pair.hub.goodbye("bye")
+    with pytest.raises(LocalProtocolError, match="after our goodbye"):
+        pair.hub.limits(1, 1, 1)
