@@ -212,6 +212,39 @@ def ns_pids(ns: str) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def run_tool(argv: list[str], timeout_s: float, tag: str, cwd: Path | None = None):
+    """Run a lab tool (bench, stormbench) to its end: (exit code, stdout, stderr, pid).
+
+    The tool names its namespaces f"{tag}{pid}x..." and tears them down on SIGTERM; past
+    `timeout_s` it gets SIGTERM, then SIGKILL, what it left is removed and TimeoutError
+    says so with its stderr tail."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        cleanup_leftovers(f"{tag}{proc.pid}x")
+        raise TimeoutError(f"{Path(argv[1]).name} took over {timeout_s} s; stderr tail:\n"
+                           f"{stderr[-3000:]}") from None
+    return proc.returncode, stdout, stderr, proc.pid
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise LabError(f"no VmRSS for pid {pid}")
+
+
 def cleanup_leftovers(prefix: str, workdir: Path | None = None) -> list[str]:
     """Kill processes in, and remove, every namespace named prefix*; returns their names."""
     gone = []
@@ -425,10 +458,32 @@ class LanHost:
     ifname: str = UPLINK
 
 
+def add_veth(ipr, ifname: str, peer: str, peer_ns: str) -> None:
+    """A veth pair: `ifname` where `ipr` works, `peer` made in namespace `peer_ns`.
+
+    The namespace goes to the kernel as a descriptor we hold until the request is done:
+    given a name, pyroute2 opens one itself and may close it before the message is sent."""
+    fd = os.open(NETNS_DIR / peer_ns, os.O_RDONLY)
+    try:
+        ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer, "net_ns_fd": fd})
+    finally:
+        os.close(fd)
+
+
 def _moved_link(ipr, ifname: str, ns: str) -> int:
-    """The index of a veth end just moved into ns; under load it can show up a moment late."""
-    return wait_until(lambda: (ipr.link_lookup(ifname=ifname) or [None])[0], 5,
-                      what=f"{ifname} to appear in {ns}")
+    """The index of a veth end just moved into ns. It can show up late: seen once more than
+    5 s late, right after a bench had torn down its lab (the kernel frees namespaces in
+    the background, and that holds up link changes)."""
+    try:
+        return wait_until(lambda: (ipr.link_lookup(ifname=ifname) or [None])[0], 30,
+                          what=f"{ifname} to appear in {ns}")
+    except TimeoutError as e:
+        seen = {n: subprocess.run(["ip", "-br", "link"] if n == "root" else
+                                  ["ip", "-n", n, "-br", "link"], capture_output=True,
+                                  text=True).stdout.split("\n")
+                for n in ["root", *netns.listnetns()]}
+        raise TimeoutError(f"{e}; links: {seen}; pyroute2 sees "
+                           f"{[l.get_attr('IFLA_IFNAME') for l in ipr.get_links()]}") from None
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:
@@ -596,8 +651,7 @@ class Lab:
             wan.link("set", index=br, state="up")
             for node in self.nodes.values():
                 port = f"w-{node.name}"[:15]
-                wan.link("add", ifname=port, kind="veth",
-                         peer={"ifname": UPLINK, "net_ns_fd": node.ns})
+                add_veth(wan, port, UPLINK, node.ns)
                 idx = wan.link_lookup(ifname=port)[0]
                 wan.link("set", index=idx, master=br, state="up")
         for node in self.nodes.values():
@@ -614,8 +668,7 @@ class Lab:
                     for j, h in enumerate(node.lan_hosts):
                         host = self.lan_hosts[h]
                         port = f"lan{j}"
-                        ipr.link("add", ifname=port, kind="veth",
-                                 peer={"ifname": host.ifname, "net_ns_fd": host.ns})
+                        add_veth(ipr, port, host.ifname, host.ns)
                         pidx = ipr.link_lookup(ifname=port)[0]
                         ipr.link("set", index=pidx, master=br, state="up")
         for host in self.lan_hosts.values():
@@ -774,6 +827,22 @@ class Lab:
     def running(self, name: str) -> bool:
         p = self.nodes[name].proc
         return p is not None and p.poll() is None
+
+    def daemon_pid(self, name: str) -> int:
+        """The pid of the one l2vpn process in name's namespace, found in /proc (not an
+        `ip netns exec` wrapper, whatever the daemon did since it started)."""
+        pids = []
+        for pid in ns_pids(self.ns(name)):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except FileNotFoundError:
+                continue
+            if any(a == b"-m" and b == b"l2vpn" for a, b in zip(argv, argv[1:])):
+                pids.append(pid)
+        if len(pids) != 1:
+            raise LabError(f"l2vpn processes in {self.ns(name)}: {pids}")
+        return pids[0]
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 10) -> int | None:
         """Signal a daemon and wait (SIGKILL after timeout_s); returns its exit code."""

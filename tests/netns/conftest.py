@@ -73,6 +73,18 @@ def _sweep_dead_runs():
     yield
 
 
+@pytest.fixture(scope="module")
+def cfg_lab():
+    """A built lab (hub and site-a) with no daemon running, for tests that start
+    misconfigured ones themselves; one per test module."""
+    lab = labnet.Lab(spokes=["site-a"])
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.close()
+
+
 @pytest.fixture
 def make_lab(request):
     """Factory for fresh labs: make_lab(spokes=[...], start=True, **Lab kwargs)."""

@@ -5,9 +5,6 @@ metric has a positive number for both systems, and nothing of the lab is left be
 """
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,22 +29,13 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def quick_run(tmp_path_factory):
     """One `bench --quick` run: (exit code, stdout, stderr, out dir, bench pid)."""
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.Popen([sys.executable, str(BENCH), "--quick", "--out", str(out)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)           # the bench tears its lab down on SIGTERM
-        try:
-            stdout, stderr = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-        labnet.cleanup_leftovers(f"l2b{proc.pid}x")
-        pytest.fail(f"bench --quick took over {TIMEOUT_S} s; stderr tail:\n{stderr[-3000:]}")
-    return proc.returncode, stdout, stderr, out, proc.pid
+        code, stdout, stderr, pid = labnet.run_tool(
+            [sys.executable, str(BENCH), "--quick", "--out", str(out)], TIMEOUT_S, "l2b",
+            cwd=REPO)
+    except TimeoutError as e:
+        pytest.fail(str(e))
+    return code, stdout, stderr, out, pid
 
 
 def test_quick_bench_completes_and_leaves_nothing_behind(quick_run):

@@ -20,16 +20,6 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 
 
-@pytest.fixture(scope="module")
-def cfg_lab():
-    lab = labnet.Lab(spokes=["site-a"])
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.close()
-
-
 def run_node(lab, role, path, timeout_s=20):
     """Run `l2vpn ROLE -c PATH` in its node's namespace; it must exit by itself."""
     ns = lab.ns("hub" if role == "hub" else "site-a")

@@ -106,25 +106,6 @@ def wait_rogue_up(lab, client):
                           5, what="the rogue's session up at the hub", alive=["hub"])
 
 
-def hub_pid(lab):
-    """The hub daemon's own PID (the process in its namespace running `l2vpn hub`)."""
-    pids = []
-    for pid in labnet.ns_pids(lab.ns("hub")):
-        with contextlib.suppress(OSError):
-            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-            if b"l2vpn" in argv and b"hub" in argv:
-                pids.append(pid)
-    assert len(pids) == 1, f"hub processes in {lab.ns('hub')}: {pids}"
-    return pids[0]
-
-
-def rss_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
 def raise_nofile(want):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < want:
@@ -336,8 +317,8 @@ def test_half_open_connections_are_held_cheaply_then_timed_out(make_lab):
     raise_nofile(HALF_OPEN + 512)
     lab = make_lab(spokes=[*SPOKES, rogue.ROGUE], start=False)
     start_without_rogue(lab)
-    pid = hub_pid(lab)
-    rss0 = rss_kib(pid)
+    pid = lab.daemon_pid("hub")
+    rss0 = labnet.rss_kib(pid)
     before = spokes_now(lab)
     mark = len(lab.log("hub"))
     t0 = time.monotonic()
@@ -348,7 +329,7 @@ def test_half_open_connections_are_held_cheaply_then_timed_out(make_lab):
         t1 = time.monotonic()
         st = status_now(lab, "hub", timeout_s=2)         # raises if it takes over 2 s
         answered_in = time.monotonic() - t1
-        rss1 = rss_kib(pid)
+        rss1 = labnet.rss_kib(pid)
         assert_forwarding(lab)
         if time.monotonic() - t0 < transport.HANDSHAKE_TIMEOUT_S - 0.5:
             assert status_now(lab, "hub")["pending"] == HALF_OPEN   # all still held

@@ -108,7 +108,7 @@ def veth_between(ns1: str, master1: str, ns2: str, master2: str,
     a, b = names
     try:
         with labnet.NetNS(ns1) as ip1:
-            ip1.link("add", ifname=a, kind="veth", peer={"ifname": b, "net_ns_fd": ns2})
+            labnet.add_veth(ip1, a, b, ns2)
             ia = labnet.wait_until(lambda: _index(ip1, a), 5, what=f"{a} in {ns1}")
             ip1.link("set", index=ia, address=labnet.stable_mac(f"{ns1}/{a}"))
             ip1.link("set", index=ia, master=_index(ip1, master1), state="up")

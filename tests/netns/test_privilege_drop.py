@@ -26,21 +26,6 @@ def assert_ping(lab, src, dst, count=3):
     assert r.ok, f"ping {src} -> {dst}: {r}\n{r.output}"
 
 
-def daemon_pid(lab, name):
-    """The l2vpn process in name's namespace (not an `ip netns exec` wrapper)."""
-    pids = []
-    for pid in labnet.ns_pids(lab.ns(name)):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except FileNotFoundError:
-            continue
-        if any(a == b"-m" and b == b"l2vpn" for a, b in zip(argv, argv[1:])):
-            pids.append(pid)
-    assert len(pids) == 1, f"l2vpn processes in {lab.ns(name)}: {pids}"
-    return pids[0]
-
-
 def proc_status(pid):
     with open(f"/proc/{pid}/status") as f:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
@@ -77,7 +62,7 @@ def test_daemons_run_as_nobody_with_only_what_they_need(make_lab):
 
     expected_caps = {"hub": 0, "site-a": CAP_NET_ADMIN, "site-b": 0}
     for name, caps in expected_caps.items():
-        pid = daemon_pid(lab, name)
+        pid = lab.daemon_pid(name)
         st = proc_status(pid)
         who = f"{name} (pid {pid}): {st}"
         assert st["Uid"].split() == [str(NOBODY)] * 4, who
@@ -92,7 +77,7 @@ def test_daemons_run_as_nobody_with_only_what_they_need(make_lab):
             lab.log_tail(name)
 
     # A CRL reload after the drop: the hub, as nobody, re-reads the file on SIGHUP ...
-    hub_pid = daemon_pid(lab, "hub")
+    hub_pid = lab.daemon_pid("hub")
     mark = len(lab.log("hub"))
     os.kill(hub_pid, signal.SIGHUP)
     lab.wait_until(lambda: "reload (SIGHUP)" in lab.log("hub")[mark:], 5,
@@ -160,16 +145,6 @@ def test_a_crl_the_dropped_user_cannot_read_is_not_silently_ignored(make_lab):
 
 
 # ------------------------------------------------------------ mistakes: one line, exit 2
-
-
-@pytest.fixture(scope="module")
-def cfg_lab():
-    lab = labnet.Lab(spokes=["site-a"])
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.close()
 
 
 def one_line(out):

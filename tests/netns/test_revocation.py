@@ -38,21 +38,6 @@ def hub_sessions(lab):
     return {s["node"]: s for s in lab.status("hub")["sessions"]}
 
 
-def daemon_pid(lab, name):
-    """The l2vpn process in name's namespace (not an `ip netns exec` wrapper)."""
-    pids = []
-    for pid in labnet.ns_pids(lab.ns(name)):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except FileNotFoundError:
-            continue
-        if any(a == b"-m" and b == b"l2vpn" for a, b in zip(argv, argv[1:])):
-            pids.append(pid)
-    assert len(pids) == 1, f"l2vpn processes in {lab.ns(name)}: {pids}"
-    return pids[0]
-
-
 def log_since(lab, name, mark):
     return lab.log(name)[mark:]
 
@@ -185,7 +170,7 @@ def test_sighup_applies_a_crl_the_watcher_cannot_see_and_bad_crls_keep_the_old(m
     lab.update_config("hub", {"tls": {"crl": str(hub_crl)}})
     lab.start_all()
     lab.wait_sessions()
-    hub = daemon_pid(lab, "hub")
+    hub = lab.daemon_pid("hub")
     assert hub == lab.nodes["hub"].proc.pid
     others = {n: s for n, s in hub_sessions(lab).items() if n != "site-c"}
     t_others = time.monotonic()

@@ -12,24 +12,13 @@ import time
 
 import pytest
 
+import labnet
+
 pytestmark = pytest.mark.netns
 
 BLOCK = os.urandom(1 << 20)
 HUB_RSS_LIMIT_KB = 200 * 1024
 MAX_PING_LOSS_PCT = 1.0
-
-
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def _daemon_pid(lab, name) -> int:
-    """The l2vpn process itself (`ip netns exec` execs it, so the Popen pid is it)."""
-    return lab.nodes[name].proc.pid
 
 
 class Stream:
@@ -113,7 +102,7 @@ def soak(lab, duration_s):
     for name, s in after.items():
         assert s["uptime_s"] >= before[name]["uptime_s"] + duration_s * 0.9, \
             f"{name}'s session restarted during the soak"
-    rss_kb = _rss_kb(_daemon_pid(lab, "hub"))
+    rss_kb = labnet.rss_kib(lab.daemon_pid("hub"))
     assert rss_kb < HUB_RSS_LIMIT_KB, f"hub RSS {rss_kb} KiB"
     moved = sum(s.n_got for s in streams)
     print(f"soak {duration_s} s: {moved / 2**20:.0f} MiB crossed, hub RSS {rss_kb // 1024} MiB, "
