@@ -149,6 +149,7 @@ def render_status(s: dict) -> str:
                 for x in sessions]
         lines += _table(("NODE", "CN", "REMOTE", "STATE", "UP", "FRAMES IN/OUT",
                          "BYTES IN/OUT", "DROPS"), rows)
+    lines += _protection(s)
     if "macs" in s:
         macs = s["macs"]
         lines.append("")
@@ -157,6 +158,36 @@ def render_status(s: dict) -> str:
             lines += _table(("MAC", "PORT", "AGE"),
                             [(m["mac"], m["port"], f"{m['age_s']:.1f}s") for m in macs])
     return "\n".join(lines)
+
+
+def _protection(s: dict) -> list[str]:
+    """What protection did: blocked ports and drops by reason on a hub, flood limits on a
+    spoke; nothing when there is nothing to say."""
+    out = []
+    fl = s.get("flood_limits")
+    if fl is not None:
+        drops = s.get("flood_drops", {})
+        out.append(f"flood limits from the hub: {fl['broadcast_pps'] or 'any'} broadcasts/s, "
+                   f"{fl['multicast_pps'] or 'any'} multicasts/s; dropped here "
+                   f"{drops.get('storm_broadcast', 0)} broadcasts, "
+                   f"{drops.get('storm_multicast', 0)} multicasts")
+    sw = s.get("switch")
+    if sw is not None:
+        for b in sw.get("blocked", []):
+            out.append(f"blocked: {b['port']} (bridging loop with {b['loop_with']}, for "
+                       f"{_duration(b['since_s'])})")
+        ports = [(x["node"], x.get("switch")) for x in s.get("sessions", [])]
+        if "tap" in s:
+            ports.insert(0, ("hub", s["tap"].get("switch")))
+        for name, info in ports:
+            dropped = {r: n for r, n in (info or {}).get("drops", {}).items() if n}
+            if dropped:
+                out.append(f"switch drops from {name}: " + ", ".join(
+                    f"{n} {r}" for r, n in sorted(dropped.items(), key=lambda kv: -kv[1])))
+        plain = [x["node"] for x in s.get("sessions", []) if x.get("flood_limits") is False]
+        if plain:
+            out.append(f"not limiting floods at their end: {', '.join(plain)}")
+    return [""] + out if out else []
 
 
 def cmd_pki_init(args) -> int:

@@ -1,4 +1,5 @@
 import datetime as dt
+import json
 import logging
 import os
 import stat
@@ -438,6 +439,33 @@ def test_render_spoke_status():
     assert ("hub 198.18.0.1:7443: backoff, last error: cannot connect to 198.18.0.1:7443: "
             "Connection refused") in text
     assert "sessions (0)" in text and "mac table" not in text
+
+
+def test_render_hub_status_says_what_protection_did():
+    status = json.loads(json.dumps(HUB_STATUS))
+    status["tap"]["switch"] = {"macs": 1, "blocked": False,
+                               "drops": {"runt": 0, "group_source": 2}}
+    a, b = status["sessions"]
+    a["switch"] = {"macs": 1, "blocked": False,
+                   "drops": {"port_limit": 50, "oversize": 3, "runt": 0}}
+    b["switch"] = {"macs": 0, "blocked": True, "drops": {"blocked": 7}}
+    a["flood_limits"], b["flood_limits"] = True, False
+    status["switch"]["blocked"] = [{"port": "site-b", "loop_with": "site-a", "since_s": 4.2}]
+    got = render_status(status).splitlines()
+    assert "blocked: site-b (bridging loop with site-a, for 4s)" in got
+    assert "switch drops from hub: 2 group_source" in got
+    assert "switch drops from site-a: 50 port_limit, 3 oversize" in got
+    assert "switch drops from site-b: 7 blocked" in got
+    assert "not limiting floods at their end: site-b" in got
+    assert "switch drops" not in render_status(HUB_STATUS)      # nothing to say: silent
+
+
+def test_render_spoke_status_shows_the_hubs_flood_limits():
+    status = dict(SPOKE_STATUS, flood_limits={"broadcast_pps": 1000, "multicast_pps": 0},
+                  flood_drops={"storm_broadcast": 12, "storm_multicast": 0})
+    assert ("flood limits from the hub: 1000 broadcasts/s, any multicasts/s; dropped here "
+            "12 broadcasts, 0 multicasts") in render_status(status).splitlines()
+    assert "flood limits" not in render_status(dict(SPOKE_STATUS, flood_limits=None))
 
 
 def test_render_error_reply():
