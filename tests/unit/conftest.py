@@ -1,4 +1,5 @@
-"""Fixtures the unit tests share: an event loop, and a small CA with a hub and a spoke."""
+"""Fixtures the unit tests share: an event loop, a small CA with a hub and a spoke, and a
+fresh CA per test for tests that change it."""
 
 import pytest
 
@@ -20,4 +21,15 @@ def pki_dir(tmp_path_factory):
     pki.init_ca(d)
     pki.issue(d, "hub", "hub")
     pki.issue(d, "site-a", "spoke")
+    return d
+
+
+@pytest.fixture
+def fresh_ca(tmp_path):
+    """A CA of this test's own (revoking changes it) with a hub and two spokes."""
+    d = tmp_path / "ca"
+    pki.init_ca(d)
+    pki.issue(d, "hub", "hub")
+    pki.issue(d, "site-a", "spoke")
+    pki.issue(d, "site-b", "spoke")
     return d

@@ -154,16 +154,6 @@ def test_pki_issue_bad_name_exit_2(tmp_path, capsys):
     assert "bad certificate name" in capsys.readouterr().err
 
 
-@pytest.fixture
-def fresh_ca(tmp_path):
-    d = tmp_path / "ca"
-    pki.init_ca(d)
-    pki.issue(d, "hub", "hub")
-    pki.issue(d, "site-a", "spoke")
-    pki.issue(d, "site-b", "spoke")
-    return d
-
-
 HUB_HINT = ("put it where the hub's tls.crl points; a running hub picks it up within 1 s "
             "(or send it SIGHUP)")
 

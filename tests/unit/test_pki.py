@@ -500,17 +500,6 @@ def test_peer_common_name_refuses_missing_or_ambiguous_names():
 # --- revocation
 
 
-@pytest.fixture
-def own_ca(tmp_path):
-    """A CA of this test's own (revoke changes it) with a hub and two spokes."""
-    d = tmp_path / "pki"
-    pki.init_ca(d)
-    pki.issue(d, "hub", "hub")
-    pki.issue(d, "site-a", "spoke")
-    pki.issue(d, "site-b", "spoke")
-    return d
-
-
 def serial_of(path):
     return load_cert(path).serial_number
 
@@ -523,30 +512,30 @@ def crl_number(path):
     return load_crl_object(path).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
 
 
-def test_make_crl_then_revoke_two_names(own_ca):
-    ca = own_ca / "ca.crt"
-    assert pki.make_crl(own_ca) == own_ca / pki.CRL_FILE == own_ca / "crl.pem"
-    assert pki.load_crl(own_ca / "crl.pem", ca).serials == frozenset()
-    a, b, hub = (serial_of(own_ca / f"{n}.crt") for n in ("site-a", "site-b", "hub"))
-    assert pki.revoke(own_ca, "site-a") == (own_ca / "crl.pem", a)
-    assert pki.load_crl(own_ca / "crl.pem", ca).serials == {a}
-    assert pki.revoke(own_ca, "site-b") == (own_ca / "crl.pem", b)
-    revocations = pki.load_crl(own_ca / "crl.pem", ca)
+def test_make_crl_then_revoke_two_names(fresh_ca):
+    ca = fresh_ca / "ca.crt"
+    assert pki.make_crl(fresh_ca) == fresh_ca / pki.CRL_FILE == fresh_ca / "crl.pem"
+    assert pki.load_crl(fresh_ca / "crl.pem", ca).serials == frozenset()
+    a, b, hub = (serial_of(fresh_ca / f"{n}.crt") for n in ("site-a", "site-b", "hub"))
+    assert pki.revoke(fresh_ca, "site-a") == (fresh_ca / "crl.pem", a)
+    assert pki.load_crl(fresh_ca / "crl.pem", ca).serials == {a}
+    assert pki.revoke(fresh_ca, "site-b") == (fresh_ca / "crl.pem", b)
+    revocations = pki.load_crl(fresh_ca / "crl.pem", ca)
     assert revocations.serials == {a, b}
     assert revocations.is_revoked(a) and revocations.is_revoked(b) and not revocations.is_revoked(hub)
 
 
-def test_revoke_makes_the_crl_when_there_is_none(own_ca):
-    crl, serial = pki.revoke(own_ca, "site-a")
-    assert pki.load_crl(crl, own_ca / "ca.crt").serials == {serial}
+def test_revoke_makes_the_crl_when_there_is_none(fresh_ca):
+    crl, serial = pki.revoke(fresh_ca, "site-a")
+    assert pki.load_crl(crl, fresh_ca / "ca.crt").serials == {serial}
 
 
-def test_crl_contents(own_ca):
+def test_crl_contents(fresh_ca):
     before = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    crl_path, serial = pki.revoke(own_ca, "site-a", days=90)
+    crl_path, serial = pki.revoke(fresh_ca, "site-a", days=90)
     after = dt.datetime.now(dt.timezone.utc)
     crl = load_crl_object(crl_path)
-    ca = load_cert(own_ca / "ca.crt")
+    ca = load_cert(fresh_ca / "ca.crt")
     assert crl.is_signature_valid(ca.public_key())
     assert isinstance(crl.signature_hash_algorithm, hashes.SHA256)
     assert crl.issuer == ca.subject
@@ -559,69 +548,69 @@ def test_crl_contents(own_ca):
     assert before <= entry.revocation_date_utc <= after
 
 
-def test_openssl_verifies_our_crl(own_ca):
-    crl_path, _ = pki.revoke(own_ca, "site-a")
-    done = subprocess.run(["openssl", "crl", "-in", str(crl_path), "-CAfile", str(own_ca / "ca.crt"), "-noout"],
+def test_openssl_verifies_our_crl(fresh_ca):
+    crl_path, _ = pki.revoke(fresh_ca, "site-a")
+    done = subprocess.run(["openssl", "crl", "-in", str(crl_path), "-CAfile", str(fresh_ca / "ca.crt"), "-noout"],
                           capture_output=True, text=True)
     assert done.returncode == 0 and "verify OK" in done.stdout + done.stderr
 
 
-def test_crl_number_increases_and_entries_are_kept(own_ca):
-    pki.make_crl(own_ca)
-    assert crl_number(own_ca / "crl.pem") == 1
-    _, serial = pki.revoke(own_ca, "site-a")
-    assert crl_number(own_ca / "crl.pem") == 2
-    pki.make_crl(own_ca, days=30)
-    assert crl_number(own_ca / "crl.pem") == 3
-    revocations = pki.load_crl(own_ca / "crl.pem", own_ca / "ca.crt")
+def test_crl_number_increases_and_entries_are_kept(fresh_ca):
+    pki.make_crl(fresh_ca)
+    assert crl_number(fresh_ca / "crl.pem") == 1
+    _, serial = pki.revoke(fresh_ca, "site-a")
+    assert crl_number(fresh_ca / "crl.pem") == 2
+    pki.make_crl(fresh_ca, days=30)
+    assert crl_number(fresh_ca / "crl.pem") == 3
+    revocations = pki.load_crl(fresh_ca / "crl.pem", fresh_ca / "ca.crt")
     assert revocations.serials == {serial}
     assert revocations.next_update - revocations.last_update < dt.timedelta(days=31)
 
 
-def test_crl_days_must_be_sensible(own_ca):
+def test_crl_days_must_be_sensible(fresh_ca):
     for days in (0, -1, pki.MAX_DAYS + 1):
         with pytest.raises(PKIError, match="days must be a whole number from 1 to"):
-            pki.make_crl(own_ca, days=days)
-    assert not (own_ca / "crl.pem").exists()
+            pki.make_crl(fresh_ca, days=days)
+    assert not (fresh_ca / "crl.pem").exists()
 
 
-def test_load_crl_refuses_a_crl_from_another_ca(own_ca, other_ca_dir, tmp_path):
+def test_load_crl_refuses_a_crl_from_another_ca(fresh_ca, other_ca_dir, tmp_path):
     foreign = tmp_path / "foreign.pem"
     other = copy_pki(other_ca_dir, tmp_path / "other", "ca.crt", "ca.key")
     foreign.write_bytes(pki.make_crl(other).read_bytes())
     with pytest.raises(PKIError) as info:
-        pki.load_crl(foreign, own_ca / "ca.crt")
+        pki.load_crl(foreign, fresh_ca / "ca.crt")
     message = str(info.value)
-    assert message.startswith(f"{foreign}: not signed by the CA in {own_ca / 'ca.crt'} (its issuer is CN=someone else")
+    assert message.startswith(f"{foreign}: not signed by the CA in {fresh_ca / 'ca.crt'} (its issuer is CN=someone else")
     assert "\n" not in message
 
 
-def test_load_crl_refuses_a_crl_signed_by_another_key_with_the_same_name(own_ca, tmp_path):
+def test_load_crl_refuses_a_crl_signed_by_another_key_with_the_same_name(fresh_ca, tmp_path):
     twin = tmp_path / "twin"
     pki.init_ca(twin)  # also "CN=l2vpn CA", but another key
     with pytest.raises(PKIError, match="not signed by the CA in"):
-        pki.load_crl(pki.make_crl(twin), own_ca / "ca.crt")
+        pki.load_crl(pki.make_crl(twin), fresh_ca / "ca.crt")
 
 
-def test_make_crl_refuses_to_extend_a_crl_it_did_not_sign(own_ca, tmp_path):
+def test_make_crl_refuses_to_extend_a_crl_it_did_not_sign(fresh_ca, tmp_path):
     other = tmp_path / "other"
     pki.init_ca(other)
     foreign = pki.make_crl(other).read_bytes()
-    (own_ca / "crl.pem").write_bytes(foreign)
-    for attempt in (lambda: pki.make_crl(own_ca), lambda: pki.revoke(own_ca, "site-a")):
-        with pytest.raises(PKIError, match=f"^{own_ca / 'crl.pem'}: not signed by the CA in {own_ca}; move it aside"):
+    (fresh_ca / "crl.pem").write_bytes(foreign)
+    for attempt in (lambda: pki.make_crl(fresh_ca), lambda: pki.revoke(fresh_ca, "site-a")):
+        with pytest.raises(PKIError, match=f"^{fresh_ca / 'crl.pem'}: not signed by the CA in {fresh_ca}; move it aside"):
             attempt()
-    assert (own_ca / "crl.pem").read_bytes() == foreign
-    assert (own_ca / "site-a.crt").exists()
+    assert (fresh_ca / "crl.pem").read_bytes() == foreign
+    assert (fresh_ca / "site-a.crt").exists()
 
 
-def test_revoke_a_name_that_was_never_issued(own_ca):
+def test_revoke_a_name_that_was_never_issued(fresh_ca):
     with pytest.raises(PKIError) as info:
-        pki.revoke(own_ca, "site-z")
+        pki.revoke(fresh_ca, "site-z")
     assert str(info.value) == (
-        f"{own_ca / 'site-z.crt'} does not exist: give the NAME of a certificate issued in {own_ca}"
+        f"{fresh_ca / 'site-z.crt'} does not exist: give the NAME of a certificate issued in {fresh_ca}"
     )
-    assert not (own_ca / "crl.pem").exists()
+    assert not (fresh_ca / "crl.pem").exists()
 
 
 def test_revoke_without_a_ca(tmp_path):
@@ -629,96 +618,96 @@ def test_revoke_without_a_ca(tmp_path):
         pki.revoke(tmp_path, "site-a")
 
 
-def test_revoke_refuses_a_certificate_from_another_ca(own_ca, other_ca_dir):
-    shutil.copy(other_ca_dir / "site-a.crt", own_ca / "intruder.crt")
+def test_revoke_refuses_a_certificate_from_another_ca(fresh_ca, other_ca_dir):
+    shutil.copy(other_ca_dir / "site-a.crt", fresh_ca / "intruder.crt")
     with pytest.raises(PKIError) as info:
-        pki.revoke(own_ca, "intruder")
+        pki.revoke(fresh_ca, "intruder")
     assert str(info.value).startswith(
-        f"{own_ca / 'intruder.crt'}: not issued by the CA in {own_ca} (its issuer is CN=someone else's CA)"
+        f"{fresh_ca / 'intruder.crt'}: not issued by the CA in {fresh_ca} (its issuer is CN=someone else's CA)"
     )
-    assert (own_ca / "intruder.crt").exists()
-    assert not (own_ca / "crl.pem").exists() and not (own_ca / "revoked").exists()
+    assert (fresh_ca / "intruder.crt").exists()
+    assert not (fresh_ca / "crl.pem").exists() and not (fresh_ca / "revoked").exists()
 
 
-def test_revoke_refuses_the_ca_itself_and_bad_names(own_ca):
+def test_revoke_refuses_the_ca_itself_and_bad_names(fresh_ca):
     with pytest.raises(PKIError, match="ca.crt is a CA certificate: revoke hub and spoke certificates only"):
-        pki.revoke(own_ca, "ca")
+        pki.revoke(fresh_ca, "ca")
     with pytest.raises(PKIError, match="bad certificate name '../site-a'"):
-        pki.revoke(own_ca, "../site-a")
-    assert sorted(p.name for p in own_ca.iterdir()) == [
+        pki.revoke(fresh_ca, "../site-a")
+    assert sorted(p.name for p in fresh_ca.iterdir()) == [
         "ca.crt", "ca.key", "hub.crt", "hub.key", "site-a.crt", "site-a.key", "site-b.crt", "site-b.key"
     ]
 
 
-def test_revoke_moves_the_files_aside_so_the_name_can_be_issued_again(own_ca):
-    old_key = (own_ca / "site-a.key").read_bytes()
-    crl, serial = pki.revoke(own_ca, "site-a")
-    folder = own_ca / "revoked"
+def test_revoke_moves_the_files_aside_so_the_name_can_be_issued_again(fresh_ca):
+    old_key = (fresh_ca / "site-a.key").read_bytes()
+    crl, serial = pki.revoke(fresh_ca, "site-a")
+    folder = fresh_ca / "revoked"
     assert mode(folder) == 0o700
     assert sorted(p.name for p in folder.iterdir()) == [f"site-a-{serial:x}.crt", f"site-a-{serial:x}.key"]
     assert serial_of(folder / f"site-a-{serial:x}.crt") == serial
     assert (folder / f"site-a-{serial:x}.key").read_bytes() == old_key
     assert mode(folder / f"site-a-{serial:x}.key") == 0o600
-    assert not (own_ca / "site-a.crt").exists() and not (own_ca / "site-a.key").exists()
+    assert not (fresh_ca / "site-a.crt").exists() and not (fresh_ca / "site-a.key").exists()
 
-    pki.issue(own_ca, "site-a", "spoke")
-    fresh = serial_of(own_ca / "site-a.crt")
+    pki.issue(fresh_ca, "site-a", "spoke")
+    fresh = serial_of(fresh_ca / "site-a.crt")
     assert fresh != serial
-    assert not pki.load_crl(crl, own_ca / "ca.crt").is_revoked(fresh)
-    tls = TLSConfig(own_ca / "ca.crt", own_ca / "site-a.crt", own_ca / "site-a.key", crl=crl)
+    assert not pki.load_crl(crl, fresh_ca / "ca.crt").is_revoked(fresh)
+    tls = TLSConfig(fresh_ca / "ca.crt", fresh_ca / "site-a.crt", fresh_ca / "site-a.key", crl=crl)
     assert pki.check_tls(tls, "spoke", "site-a") == []
 
 
-def test_revoke_a_certificate_without_its_key(own_ca):
-    (own_ca / "site-a.key").unlink()
-    _, serial = pki.revoke(own_ca, "site-a")
-    assert [p.name for p in (own_ca / "revoked").iterdir()] == [f"site-a-{serial:x}.crt"]
+def test_revoke_a_certificate_without_its_key(fresh_ca):
+    (fresh_ca / "site-a.key").unlink()
+    _, serial = pki.revoke(fresh_ca, "site-a")
+    assert [p.name for p in (fresh_ca / "revoked").iterdir()] == [f"site-a-{serial:x}.crt"]
 
 
-def test_revoke_again_is_idempotent(own_ca):
-    crl, serial = pki.revoke(own_ca, "site-a")
+def test_revoke_again_is_idempotent(fresh_ca):
+    crl, serial = pki.revoke(fresh_ca, "site-a")
     # As if the move had failed after the CRL was written: the certificate is back in place.
-    shutil.copy(own_ca / "revoked" / f"site-a-{serial:x}.crt", own_ca / "site-a.crt")
-    assert pki.revoke(own_ca, "site-a") == (crl, serial)
+    shutil.copy(fresh_ca / "revoked" / f"site-a-{serial:x}.crt", fresh_ca / "site-a.crt")
+    assert pki.revoke(fresh_ca, "site-a") == (crl, serial)
     assert [entry.serial_number for entry in load_crl_object(crl)] == [serial]
     assert crl_number(crl) == 2
     with pytest.raises(PKIError) as info:
-        pki.revoke(own_ca, "site-a")
+        pki.revoke(fresh_ca, "site-a")
     assert str(info.value) == (
-        f"{own_ca / 'site-a.crt'} does not exist: site-a was already revoked "
-        f"({own_ca / 'revoked' / f'site-a-{serial:x}.crt'}); nothing to revoke"
+        f"{fresh_ca / 'site-a.crt'} does not exist: site-a was already revoked "
+        f"({fresh_ca / 'revoked' / f'site-a-{serial:x}.crt'}); nothing to revoke"
     )
 
 
-def test_crl_is_replaced_atomically(own_ca, monkeypatch):
-    pki.make_crl(own_ca)
-    pki.revoke(own_ca, "site-a")
-    assert sorted(p.name for p in own_ca.iterdir() if p.name.startswith(".") or "crl" in p.name) == ["crl.pem"]
-    before = (own_ca / "crl.pem").read_bytes()
+def test_crl_is_replaced_atomically(fresh_ca, monkeypatch):
+    pki.make_crl(fresh_ca)
+    pki.revoke(fresh_ca, "site-a")
+    assert sorted(p.name for p in fresh_ca.iterdir() if p.name.startswith(".") or "crl" in p.name) == ["crl.pem"]
+    before = (fresh_ca / "crl.pem").read_bytes()
 
     def fail(src, dst):
-        assert os.path.dirname(src) == str(own_ca)  # the temporary file sits beside the CRL
+        assert os.path.dirname(src) == str(fresh_ca)  # the temporary file sits beside the CRL
         assert Path(src).read_bytes().startswith(b"-----BEGIN X509 CRL-----")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(PKIError) as info:
-        pki.revoke(own_ca, "site-b")
-    assert str(info.value) == f"cannot write {own_ca / 'crl.pem'}: No space left on device"
-    assert (own_ca / "crl.pem").read_bytes() == before
-    assert (own_ca / "site-b.crt").exists()
-    assert sorted(p.name for p in own_ca.iterdir() if p.name.startswith(".") or "crl" in p.name) == ["crl.pem"]
+        pki.revoke(fresh_ca, "site-b")
+    assert str(info.value) == f"cannot write {fresh_ca / 'crl.pem'}: No space left on device"
+    assert (fresh_ca / "crl.pem").read_bytes() == before
+    assert (fresh_ca / "site-b.crt").exists()
+    assert sorted(p.name for p in fresh_ca.iterdir() if p.name.startswith(".") or "crl" in p.name) == ["crl.pem"]
 
 
-def test_crl_mode_is_0644_whatever_the_umask(own_ca):
+def test_crl_mode_is_0644_whatever_the_umask(fresh_ca):
     old = os.umask(0o077)
     try:
-        pki.make_crl(own_ca)
-        assert mode(own_ca / "crl.pem") == 0o644
-        pki.revoke(own_ca, "site-a")
+        pki.make_crl(fresh_ca)
+        assert mode(fresh_ca / "crl.pem") == 0o644
+        pki.revoke(fresh_ca, "site-a")
     finally:
         os.umask(old)
-    assert mode(own_ca / "crl.pem") == 0o644
+    assert mode(fresh_ca / "crl.pem") == 0o644
 
 
 def revocations(due, path="/etc/l2vpn/crl.pem"):
@@ -743,69 +732,69 @@ def test_expiry_problem(due, expected):
     assert crl.expiry_problem(now.replace(tzinfo=None)) == expected
 
 
-def test_expiry_problem_of_made_crls(own_ca):
+def test_expiry_problem_of_made_crls(fresh_ca):
     now = dt.datetime.now(dt.timezone.utc)
-    pki.make_crl(own_ca, days=10)
-    assert "less than 30 days away" in pki.load_crl(own_ca / "crl.pem", own_ca / "ca.crt").expiry_problem(now)
-    pki.make_crl(own_ca)
-    fresh = pki.load_crl(own_ca / "crl.pem", own_ca / "ca.crt")
+    pki.make_crl(fresh_ca, days=10)
+    assert "less than 30 days away" in pki.load_crl(fresh_ca / "crl.pem", fresh_ca / "ca.crt").expiry_problem(now)
+    pki.make_crl(fresh_ca)
+    fresh = pki.load_crl(fresh_ca / "crl.pem", fresh_ca / "ca.crt")
     assert fresh.expiry_problem(now) is None
     assert "nextUpdate passed" in fresh.expiry_problem(now + dt.timedelta(days=pki.CRL_DAYS + 1))
 
 
-def test_load_crl_accepts_der(own_ca, tmp_path):
-    _, serial = pki.revoke(own_ca, "site-a")
+def test_load_crl_accepts_der(fresh_ca, tmp_path):
+    _, serial = pki.revoke(fresh_ca, "site-a")
     der = tmp_path / "crl.der"
-    der.write_bytes(load_crl_object(own_ca / "crl.pem").public_bytes(serialization.Encoding.DER))
-    revocations = pki.load_crl(der, own_ca / "ca.crt")
+    der.write_bytes(load_crl_object(fresh_ca / "crl.pem").public_bytes(serialization.Encoding.DER))
+    revocations = pki.load_crl(der, fresh_ca / "ca.crt")
     assert revocations.serials == {serial} and revocations.path == der
 
 
 @pytest.mark.parametrize("content", [b"garbage\n", b"", b"-----BEGIN X509 CRL-----\nnope\n-----END X509 CRL-----\n",
                                      b"\x30\x03\x02\x01\x00"])
-def test_load_crl_refuses_what_is_not_a_crl(own_ca, tmp_path, content):
+def test_load_crl_refuses_what_is_not_a_crl(fresh_ca, tmp_path, content):
     path = tmp_path / "crl.pem"
     path.write_bytes(content)
     with pytest.raises(PKIError) as info:
-        pki.load_crl(path, own_ca / "ca.crt")
+        pki.load_crl(path, fresh_ca / "ca.crt")
     assert str(info.value) == (
         f"{path}: not a CRL (expected -----BEGIN X509 CRL-----; make one with `l2vpn pki crl DIR`)"
     )
 
 
-def test_load_crl_refuses_a_certificate_given_as_crl(own_ca):
+def test_load_crl_refuses_a_certificate_given_as_crl(fresh_ca):
     with pytest.raises(PKIError, match="not a CRL"):
-        pki.load_crl(own_ca / "ca.crt", own_ca / "ca.crt")
+        pki.load_crl(fresh_ca / "ca.crt", fresh_ca / "ca.crt")
 
 
-def test_load_crl_unreadable_files(own_ca, tmp_path):
+def test_load_crl_unreadable_files(fresh_ca, tmp_path):
     with pytest.raises(PKIError) as info:
-        pki.load_crl(tmp_path / "nope.pem", own_ca / "ca.crt")
+        pki.load_crl(tmp_path / "nope.pem", fresh_ca / "ca.crt")
     assert str(info.value) == (
         f"{tmp_path / 'nope.pem'}: cannot read: No such file or directory (check tls.crl in the config)"
     )
-    crl = pki.make_crl(own_ca)
+    crl = pki.make_crl(fresh_ca)
     with pytest.raises(PKIError, match=f"^{tmp_path / 'ca.crt'}: cannot read: No such file"):
         pki.load_crl(crl, tmp_path / "ca.crt")
 
 
-def test_check_tls_with_a_crl(own_ca, other_ca_dir, tmp_path):
+def test_check_tls_with_a_crl(fresh_ca, other_ca_dir, tmp_path):
     def check(name, crl, role="spoke", **kw):
-        tls = TLSConfig(own_ca / "ca.crt", own_ca / f"{name}.crt", own_ca / f"{name}.key", crl=crl)
+        tls = TLSConfig(fresh_ca / "ca.crt", fresh_ca / f"{name}.crt", fresh_ca / f"{name}.key", crl=crl)
         return pki.check_tls(tls, role, name, **kw)
 
-    crl = pki.make_crl(own_ca, days=1)
+    crl = pki.make_crl(fresh_ca, days=1)
     assert check("site-a", crl) == []
     # An overdue CRL is still enforced by the hub: not a problem for check_tls.
     assert check("site-a", crl, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)) == []
 
-    serial = serial_of(own_ca / "site-a.crt")
+    serial = serial_of(fresh_ca / "site-a.crt")
     kept = tmp_path / "site-a"
     kept.mkdir()
-    shutil.copy(own_ca / "site-a.crt", kept / "site-a.crt")
-    shutil.copy(own_ca / "site-a.key", kept / "site-a.key")
-    pki.revoke(own_ca, "site-a")
-    tls = TLSConfig(own_ca / "ca.crt", kept / "site-a.crt", kept / "site-a.key", crl=crl)
+    shutil.copy(fresh_ca / "site-a.crt", kept / "site-a.crt")
+    shutil.copy(fresh_ca / "site-a.key", kept / "site-a.key")
+    pki.revoke(fresh_ca, "site-a")
+    tls = TLSConfig(fresh_ca / "ca.crt", kept / "site-a.crt", kept / "site-a.key", crl=crl)
     assert pki.check_tls(tls, "spoke", "site-a") == [
         f"{tls.cert}: certificate 'site-a' (serial {serial:#x}) is revoked by {crl}; "
         "issue a new one with `l2vpn pki issue ... site-a --role spoke`"
@@ -821,12 +810,12 @@ def test_check_tls_with_a_crl(own_ca, other_ca_dir, tmp_path):
     ]
     other = copy_pki(other_ca_dir, tmp_path / "other", "ca.crt", "ca.key")
     (line,) = check("hub", pki.make_crl(other), role="hub")
-    assert line.startswith(f"{other / 'crl.pem'}: not signed by the CA in {own_ca / 'ca.crt'}")
+    assert line.startswith(f"{other / 'crl.pem'}: not signed by the CA in {fresh_ca / 'ca.crt'}")
 
 
-def test_check_tls_with_an_unreadable_ca_does_not_judge_the_crl(own_ca, tmp_path):
-    crl = pki.make_crl(own_ca)
-    tls = TLSConfig(tmp_path / "ca.crt", own_ca / "hub.crt", own_ca / "hub.key", crl=crl)
+def test_check_tls_with_an_unreadable_ca_does_not_judge_the_crl(fresh_ca, tmp_path):
+    crl = pki.make_crl(fresh_ca)
+    tls = TLSConfig(tmp_path / "ca.crt", fresh_ca / "hub.crt", fresh_ca / "hub.key", crl=crl)
     assert pki.check_tls(tls, "hub", "hub") == [
         f"{tmp_path / 'ca.crt'}: cannot read: No such file or directory (check the tls paths in the config)"
     ]
