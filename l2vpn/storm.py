@@ -16,7 +16,6 @@ unknown is something only the hub's MAC table knows.
 
 from l2vpn.frame import BROADCAST
 
-CLASSES = ("broadcast", "multicast", "unknown_unicast")
 DROP_REASONS = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast")
 
 
