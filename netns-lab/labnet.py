@@ -459,10 +459,8 @@ class LanHost:
 
 
 def add_veth(ipr, ifname: str, peer: str, peer_ns: str) -> None:
-    """A veth pair: `ifname` where `ipr` works, `peer` made in namespace `peer_ns`.
-
-    The namespace goes to the kernel as a descriptor we hold until the request is done:
-    given a name, pyroute2 opens one itself and may close it before the message is sent."""
+    """A veth pair: `ifname` where `ipr` works, `peer` made in namespace `peer_ns`
+    (passed as a descriptor held for the length of the request)."""
     fd = os.open(NETNS_DIR / peer_ns, os.O_RDONLY)
     try:
         ipr.link("add", ifname=ifname, kind="veth", peer={"ifname": peer, "net_ns_fd": fd})
@@ -471,11 +469,11 @@ def add_veth(ipr, ifname: str, peer: str, peer_ns: str) -> None:
 
 
 def _moved_link(ipr, ifname: str, ns: str) -> int:
-    """The index of a veth end just moved into ns. It can show up late: seen once more than
-    5 s late, right after a bench had torn down its lab (the kernel frees namespaces in
-    the background, and that holds up link changes)."""
+    """The index of a veth end just moved into ns. Waited for, bounded, and on time-out
+    every namespace's links are listed: a veth that never arrives has meant a namespace
+    torn down under the build (see _unwind_on_signal)."""
     try:
-        return wait_until(lambda: (ipr.link_lookup(ifname=ifname) or [None])[0], 30,
+        return wait_until(lambda: (ipr.link_lookup(ifname=ifname) or [None])[0], 10,
                           what=f"{ifname} to appear in {ns}")
     except TimeoutError as e:
         seen = {n: subprocess.run(["ip", "-br", "link"] if n == "root" else
@@ -586,6 +584,7 @@ class Lab:
         self.namespaces: list[str] = []
         self._closed = False
         self._built = False
+        self._owner_pid = os.getpid()
         self._atexit = atexit.register(self.close)
         self._plan()
 
@@ -981,8 +980,10 @@ class Lab:
     # ------------------------------------------------------------------- teardown
 
     def close(self) -> None:
-        """Stop daemons, remove namespaces and the work folder; safe to call twice."""
-        if self._closed:
+        """Stop daemons, remove namespaces and the work folder; safe to call twice. A
+        forked copy of the process that made the lab (a library's helper child that
+        escaped into our code) never tears it down."""
+        if self._closed or os.getpid() != self._owner_pid:
             return
         self._closed = True
         with contextlib.suppress(Exception):
@@ -1012,13 +1013,27 @@ class Lab:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _sigterm_to_exit(signum, frame):
+_handler_pid = 0
+
+
+def _unwind_on_signal(signum, frame):
+    # pyroute2 forks a child for every NetNS socket and SIGTERMs it once it has answered;
+    # the child inherits this handler. Unwinding there would run the parent's code and
+    # atexit handlers in the child (it once tore down the lab under the parent's feet),
+    # so a process this was not installed in leaves at once.
+    if os.getpid() != _handler_pid:
+        os._exit(128 + signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise SystemExit(128 + signum)
 
 
 def exit_on_sigterm() -> None:
     """Make SIGTERM unwind (and SIGINT raise KeyboardInterrupt even when the script was
-    started with it ignored) so `with Lab()` tears down; for scripts."""
+    started with it ignored) so `with Lab()` tears down; for scripts. Only in the process
+    that called it: a forked copy just exits."""
+    global _handler_pid
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm_to_exit)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _handler_pid = os.getpid()
+        signal.signal(signal.SIGTERM, _unwind_on_signal)
+        signal.signal(signal.SIGINT, _unwind_on_signal)
