@@ -7,7 +7,9 @@ SSLSocket: one recv() takes up to 256 KiB of ciphertext and one send() gives the
 up to 256 KiB, where an SSLSocket makes two syscalls per 16 KiB TLS record and hands TCP
 small writes. Reading takes what the kernel holds, up to a budget so one busy peer
 cannot starve the others, and decrypts every whole record; a partial record waits in
-the BIO. Writing appends records to a plaintext buffer; the loop flushes it once per
+the BIO. The budget is counted in frames (FRAME_BUDGET a read, as a TAP read is), not
+bytes: each read sizes the next from the bytes per frame it saw, so a peer flooding
+small frames gets as many frames a pass as one sending large ones, not 20 times more. Writing appends records to a plaintext buffer; the loop flushes it once per
 pass, encrypting a chunk only when the kernel has taken the previous one, so memory
 stays bounded by the plaintext buffer plus one chunk of ciphertext.
 
@@ -44,7 +46,9 @@ log = logging.getLogger("l2vpn.transport")
 
 HANDSHAKE_TIMEOUT_S = 10.0
 READ_CHUNK_B = 256 * 1024
-READ_BUDGET_B = 1024 * 1024
+READ_BUDGET_B = 1024 * 1024   # at most, a read
+MIN_READ_B = 16 * 1024        # at least, a read
+FRAME_BUDGET = 256            # frames a read aims at
 WRITE_CHUNK_B = 256 * 1024
 HIGH_WATER_B = 1024 * 1024
 LOW_WATER_B = 256 * 1024
@@ -230,6 +234,7 @@ class Session:
         self._out = ssl.MemoryBIO()
         self._cipher = b""       # ciphertext the kernel has not taken yet
         self._eof = False
+        self._read_budget = READ_BUDGET_B
         self._deadline = loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
         if server_side:
             self._start_tls()
@@ -306,10 +311,11 @@ class Session:
         """Move what the kernel holds (within the budget) into the TLS BIO; returns the
         bytes moved, or None if the session closed. EOF sets `_eof`."""
         sock, buf, view, bio = self.sock, _READ_BUF, _READ_VIEW, self._in
-        got = 0
-        while got < READ_BUDGET_B and not self._eof:
+        got, budget = 0, self._read_budget
+        while got < budget and not self._eof:
+            want = min(READ_CHUNK_B, budget - got)
             try:
-                n = sock.recv_into(buf)
+                n = sock.recv_into(buf, want)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
@@ -320,7 +326,7 @@ class Session:
                 break
             bio.write(view[:n])
             got += n
-            if n < READ_CHUNK_B:
+            if n < want:
                 break   # the kernel had no more; epoll says when it has
         return got
 
@@ -351,6 +357,7 @@ class Session:
             conn.receive_data(view[:m])
         if n > 0:
             self.last_rx = self.loop.clock()
+        frames_before = self.frames_in
         if self._out.pending and self._send_cipher() is None:
             return   # TLS had something to say (a key update, an alert) and the send failed
         if eof:
@@ -362,6 +369,12 @@ class Session:
             return
         if eof and self.state != CLOSED:
             self.close(self._closed_by_peer())
+            return
+        if n:
+            # No whole frame yet (large frames, or a TLS record split): read more next time.
+            frames = self.frames_in - frames_before
+            want = n * FRAME_BUDGET // frames if frames else 2 * self._read_budget
+            self._read_budget = max(MIN_READ_B, min(READ_BUDGET_B, want))
 
     def _dispatch(self, events):
         on_frame = self.on_frame

@@ -1,10 +1,14 @@
 """Session over real loopback TCP and real TLS 1.3, driven by a real EventLoop."""
 
+import array
+import fcntl
+import os
 import random
 import select
 import socket
 import ssl
 import struct
+import termios
 import threading
 
 import pytest
@@ -689,3 +693,54 @@ def test_send_buffer_gives_back_big_storage_and_compacts_a_long_sent_prefix():
     buf.put(b"tail")
     buf.consume(transport.HIGH_WATER_B + 5)         # most of it sent: the prefix goes
     assert buf.start == 0 and bytes(buf.data[:buf.end]) == bytes(5) + b"tail"
+
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+
+
+def queued_in(sock) -> int:
+    """Bytes waiting in a socket's receive queue."""
+    n = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, n)
+    return n[0]
+
+
+def _frames_per_read(session, monkeypatch) -> list:
+    """Frames each read of `session` delivered (the first entry is before any read)."""
+    marks = []
+    recv = session._recv
+
+    def counted():
+        marks.append(session.frames_in)
+        return recv()
+    monkeypatch.setattr(session, "_recv", counted)
+    return marks
+
+
+def test_reads_are_budgeted_in_frames_so_small_frames_get_no_more_than_large(
+        link, loop, monkeypatch):
+    """A peer flooding 60-byte frames gets about FRAME_BUDGET frames a read, as one
+    sending 1500-byte frames does, instead of a byte budget's 20 times more. The frames
+    wait in the kernel first (the receiver paused), as they do when the hub is busy, so
+    any read could take a full READ_BUDGET_B."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for SO_RCVBUFFORCE (a receive queue past net.core.rmem_max)")
+    link.server.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+    rng = random.Random(4)
+    for size, count in ((60, 40000), (1500, 3000)):
+        frames = [numbered(i, size, rng) for i in range(count)]
+        link.frames["server"].clear()
+        link.server.pause()
+        for f in frames:
+            link.client.send_frame(PLAIN_HDR + f)
+        run_until(loop, lambda: link.client.buffered == 0
+                  and queued_in(link.server.sock) >= 2 * transport.READ_BUDGET_B,
+                  what="the frames in the receiver's queue")
+        marks = _frames_per_read(link.server, monkeypatch)
+        link.server.resume()
+        run_until(loop, lambda: len(link.frames["server"]) >= count, what=f"{count} frames")
+        assert link.frames["server"] == frames
+        per_read = [b - a for a, b in zip(marks, marks[1:] + [link.server.frames_in])]
+        # the first read is sized by the one before it; from the second on:
+        assert max(per_read[2:]) <= 2 * transport.FRAME_BUDGET, (size, per_read[:8])
+    assert link.server._read_budget >= 200 * 1024   # large frames still read in big gulps
