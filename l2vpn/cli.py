@@ -170,7 +170,9 @@ def _protection(s: dict) -> list[str]:
         out.append(f"flood limits from the hub: {fl['broadcast_pps'] or 'any'} broadcasts/s, "
                    f"{fl['multicast_pps'] or 'any'} multicasts/s; dropped here "
                    f"{drops.get('storm_broadcast', 0)} broadcasts, "
-                   f"{drops.get('storm_multicast', 0)} multicasts")
+                   f"{drops.get('storm_multicast', 0)} multicasts"
+                   + (f", {drops['probe_excess']} frames to the loop-probe address"
+                      if drops.get("probe_excess") else ""))
     sw = s.get("switch")
     if sw is not None:
         for b in sw.get("blocked", []):

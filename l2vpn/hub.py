@@ -12,6 +12,12 @@ Protection (switch.py does the deciding): loop probes go out of every port each
 `loopguard` interval and come back through the switch as PROBE; the detector's block
 and unblock actions are applied to the switch and logged. Drops are reported once per
 REPORT_S per port, however many frames they were.
+
+A port whose frames the switch refuses wholesale (a storm past the limits from a spoke
+that does not apply them, spoofed MACs past the limit) costs the hub a decryption, a
+decode and a decision for every frame it then drops, CPU the other sites need. Past
+REFUSED_PER_PASS refusals in one pass such a port is throttled: not read for THROTTLE_S,
+so its backlog waits in TCP and the excess is lost at the site that made it.
 """
 
 import errno
@@ -27,7 +33,7 @@ from l2vpn.logs import DropReports, IntervalCounts, RateLimitedLog
 from l2vpn.node import Node
 from l2vpn.loop import READ
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN
-from l2vpn.switch import PROBE, SwitchTable
+from l2vpn.switch import DROP, PROBE, SwitchTable
 from l2vpn.transport import CLOSED, Session, format_addr, listen
 from l2vpn.wire import CAP_FLOOD_LIMITS, CAP_VNET_HDR
 
@@ -38,6 +44,8 @@ ACCEPT_BUDGET = 64
 ACCEPT_REST_S = 0.5
 MAX_PENDING = 1024    # handshakes in progress; past it new connections are closed at once
 REPORT_S = 10.0
+REFUSED_PER_PASS = 128   # half a read's frames (transport.FRAME_BUDGET, node.TAP_BUDGET)
+THROTTLE_S = 0.01
 # accept() errors that will repeat until something is freed: rest instead of spinning
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -56,7 +64,8 @@ class Hub(Node):
             storm_pps=(sw.storm.broadcast_pps, sw.storm.multicast_pps,
                        sw.storm.unknown_unicast_pps),
             guards=frozenset(self.guards),
-            intercept=loopguard.PROBE_DST if sw.loop_detection else None)
+            intercept=loopguard.PROBE_DST if sw.loop_detection else None,
+            probe_pps=loopguard.PROBE_PPS)
         self.loops = loopguard.LoopGuard(os.urandom(32)) if sw.loop_detection else None
         self.sessions = {}        # CN -> Session, only sessions that are up
         self.pending = set()      # handshaking or waiting for the hello
@@ -64,6 +73,9 @@ class Hub(Node):
         self.drop_reports = DropReports(REPORT_S)   # per port
         self.flap_reports = IntervalCounts(REPORT_S)  # per MAC
         self._flappers = {}       # MAC -> (home, claimer) of the flap not yet logged
+        self._refused = {}        # port -> frames the switch refused this pass
+        self.throttled = {}       # port -> times throttled
+        self.throttle_log = RateLimitedLog(log, burst=1, window_s=REPORT_S)
         self.listener = None
 
     def _start(self):
@@ -181,13 +193,20 @@ class Hub(Node):
         for mac in gone:
             del self._flappers[mac]
         self.drop_reports.forget(port)
+        self.throttled.pop(port, None)
+        self._refused.pop(port, None)
         return self.switch.drop_port(port)
 
     # -- data path -------------------------------------------------------------------
     def _forward(self, source, frame):
         ports = self.switch.decide(frame, source, self.loop.clock(), VNET_HDR_LEN)
         if not ports:
-            if ports is PROBE:
+            if ports is DROP:
+                n = self._refused.get(source, 0) + 1
+                self._refused[source] = n
+                if n == 1:
+                    self.loop.want_flush("throttle", self._throttle)
+            elif ports is PROBE:
                 self._apply(self.loops.on_probe(frame, VNET_HDR_LEN, source, self.loop.clock()))
             return
         for port in ports:
@@ -197,6 +216,21 @@ class Hub(Node):
             if dest.congested and not dest.stalled:
                 source.pause()
                 dest.add_waiter(source)
+
+    def _throttle(self):
+        """End of pass: rest the ports whose frames were refused wholesale."""
+        refused, self._refused = self._refused, {}
+        for port, n in refused.items():
+            if n < REFUSED_PER_PASS or port.paused or port not in self.switch.ports:
+                continue
+            port.pause()
+            self.loop.call_later(THROTTLE_S, port.resume)
+            self.throttled[port] = self.throttled.get(port, 0) + 1
+            name = _port_name(port)
+            self.throttle_log.warning(
+                f"throttle {name}", "port %s: the switch refused %d of its frames in one "
+                "pass; reading it at most every %g ms while that lasts (why: the port's next "
+                "drop report)", name, n, THROTTLE_S * 1000)
 
     # -- loop detection --------------------------------------------------------------
     def _send_probes(self):
@@ -258,9 +292,11 @@ class Hub(Node):
         for s in sorted(self.sessions.values(), key=lambda s: s.cn):
             snap = s.snapshot(now)
             snap["switch"] = self.switch.port_info(s)
+            snap["switch"]["throttled"] = self.throttled.get(s, 0)
             out["sessions"].append(snap)
         if self.tap is not None:
             out["tap"]["switch"] = self.switch.port_info(self.tap)
+            out["tap"]["switch"]["throttled"] = self.throttled.get(self.tap, 0)
         out["pending"] = len(self.pending)
         out["macs"] = [{"mac": format_mac(mac), "port": port.name, "age_s": round(age, 3)}
                        for mac, port, age in self.switch.entries(now)]
@@ -289,6 +325,7 @@ _EXPLAIN = {
     "runt": "runt frames (under 14 bytes)",
     "oversize": "frames over the port MTU plus headers",
     "group_source": "frames with a multicast source MAC",
+    "probe_excess": "frames to the loop-probe address over {probe_pps}/s",
     "blocked": "frames while the port is blocked by loop detection",
     "dhcp_guard": "DHCP server messages (port not in switch.dhcp_guard.trusted)",
     "ra_guard": "router advertisements (port not in switch.ra_guard.trusted)",
@@ -302,7 +339,8 @@ _EXPLAIN = {
 
 
 def _explain(reason: str, sw) -> str:
-    return _EXPLAIN[reason].format(max_macs_per_port=sw.max_macs_per_port,
+    return _EXPLAIN[reason].format(probe_pps=loopguard.PROBE_PPS,
+                                   max_macs_per_port=sw.max_macs_per_port,
                                    holddown=sw.mac_move_holddown_s, storm=sw.storm)
 
 

@@ -36,6 +36,11 @@ from l2vpn.frame import ETH_HLEN
 
 PROBE_DST = b"\x03l2vpn"  # 03:6c:32:76:70:6e: locally administered multicast, bridges flood it
 PROBE_SRC = b"\x02l2vpn"  # 02:6c:32:76:70:6e
+# Frames to PROBE_DST a port may bring in per second (the hub's switch and a spoke's flood
+# limiter drop the rest unverified, so a host flooding that address cannot make the hub
+# check a signature per frame). One probe back finds a loop; 64/s is every probe of 32
+# ports looped onto one LAN.
+PROBE_PPS = 64
 ETHERTYPE = 0x88B5        # IEEE local experimental
 
 BLOCK, UNBLOCK = "block", "unblock"

@@ -94,6 +94,10 @@ class TapPort:
         self.frames_out += 1
         self.bytes_out += len(frame)
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def pause(self):
         if not self._paused:
             self._paused = True

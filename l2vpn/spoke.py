@@ -6,7 +6,8 @@ exponentially with jitter, so a hub coming back is not hit by every spoke at onc
 
 When the hub sends its flood limits (LIMITS, see storm.py), broadcasts and multicasts
 past them are dropped here, before they cost the hub anything; the hub's loop probes
-are exempt, so a storm caused by a loop cannot hide the loop.
+have a bucket of their own (loopguard.PROBE_PPS, as at the hub), so a storm caused by a
+loop cannot hide the loop.
 """
 
 import logging
@@ -15,7 +16,7 @@ import random
 from l2vpn import pki, storm
 from l2vpn.errors import PKIError, TransportError
 from l2vpn.logs import DropReports
-from l2vpn.loopguard import PROBE_DST
+from l2vpn.loopguard import PROBE_DST, PROBE_PPS
 from l2vpn.node import Node
 from l2vpn.offload import VNET_HDR_LEN
 from l2vpn.transport import UP, Session, connect
@@ -26,7 +27,8 @@ log = logging.getLogger("l2vpn.spoke")
 JITTER = 0.2
 REPORT_S = 10.0
 _EXPLAIN = {"storm_broadcast": "broadcasts over the hub's limit of {0.broadcast_pps}/s",
-            "storm_multicast": "multicasts over the hub's limit of {0.multicast_pps}/s"}
+            "storm_multicast": "multicasts over the hub's limit of {0.multicast_pps}/s",
+            "probe_excess": f"frames to the loop-probe address over {PROBE_PPS}/s"}
 
 
 class Spoke(Node):
@@ -92,7 +94,8 @@ class Spoke(Node):
     def _on_limits(self, session, limits):
         self.limits = limits
         self.limiter = storm.FloodLimiter(limits.broadcast_pps, limits.multicast_pps,
-                                          exempt=PROBE_DST, drops=self.flood_drops)
+                                          probe=PROBE_DST, probe_pps=PROBE_PPS,
+                                          drops=self.flood_drops)
         log.info("hub %s accepts %s broadcasts/s and %s multicasts/s from this site; the "
                  "excess is dropped here", session.name, limits.broadcast_pps or "any",
                  limits.multicast_pps or "any")

@@ -17,6 +17,7 @@ unknown is something only the hub's MAC table knows.
 from l2vpn.frame import BROADCAST
 
 DROP_REASONS = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast")
+LIMITER_DROPS = ("storm_broadcast", "storm_multicast", "probe_excess")   # a spoke's
 
 
 class TokenBucket:
@@ -61,15 +62,17 @@ class FloodLimiter:
     are sent to it."""
 
     def __init__(self, broadcast_pps: int, multicast_pps: int, burst_s: float = 1.0,
-                 exempt: bytes | None = None, drops: dict | None = None):
+                 probe: bytes | None = None, probe_pps: int = 0, drops: dict | None = None):
         self.broadcast_pps = broadcast_pps
         self.multicast_pps = multicast_pps
         self._broadcast = bucket(broadcast_pps, burst_s)
         self._multicast = bucket(multicast_pps, burst_s)
-        self._exempt = exempt  # a group MAC never limited (the hub's loop probes)
+        # The hub's loop probes (group MAC `probe`) get a bucket of their own, as at the
+        # hub: a storm caused by a loop must not drop the probes that reveal it.
+        self._probe = probe
+        self._probes = bucket(probe_pps, burst_s)
         # counted into the caller's dict, if given, so totals outlive one limiter
-        self.drops = drops if drops is not None else {"storm_broadcast": 0,
-                                                      "storm_multicast": 0}
+        self.drops = drops if drops is not None else dict.fromkeys(LIMITER_DROPS, 0)
 
     def admit(self, frame, offset: int, now: float) -> bool:
         """False when the frame (Ethernet header at `offset`) is a flood past its limit."""
@@ -78,8 +81,8 @@ class FloodLimiter:
         dst = bytes(frame[offset:offset + 6])
         if dst == BROADCAST:
             b, reason = self._broadcast, "storm_broadcast"
-        elif dst == self._exempt:
-            return True
+        elif dst == self._probe:
+            b, reason = self._probes, "probe_excess"
         else:
             b, reason = self._multicast, "storm_multicast"
         if b is None or b.take(now):

@@ -2,13 +2,15 @@
 
 Theory of operation: `decide()` is called once per frame with the port it came in on
 and the current monotonic time. It checks the frame, learns its source on that port,
-then answers with a tuple of ports to send it out of; `()` means drop. The caller does
+then answers with a tuple of ports to send it out of. An empty answer sends
+nothing; it `is DROP` when a check below refused the frame. The caller does
 the sending, so one table serves the hub's own TAP and every spoke session alike.
 
 Every check that can drop a frame sits in `decide()` in this order, each counted in
 `counters` and in the ingress port's own drop counts:
   runt / oversize / group source  malformed or impossible frames
-  probe                           a loop probe (dst == `intercept`): returned as PROBE
+  probe / probe_excess            a loop probe (dst == `intercept`): returned as PROBE,
+                                  or dropped past `probe_pps` for its port
   blocked                         the port is cut off by loop detection
   dhcp_guard / ra_guard           a server message from a port not trusted for it
   port_limit                      a new source past `max_macs_per_port`
@@ -31,13 +33,16 @@ forwarding allocates an answer per frame.
 from l2vpn import guard, storm
 from l2vpn.frame import BROADCAST, ETH_HLEN, VLAN_HLEN
 
-DROP = ()
+class _Drop(tuple):
+    """An empty answer that also says "refused" (a flood with no other port to go to is
+    an empty answer too, but not a refusal)."""
 
 
 class _Probe(tuple):
     """An empty answer that also says "this was a loop probe; hand it to the detector"."""
 
 
+DROP = _Drop()
 PROBE = _Probe()
 
 # Why a frame was dropped, per port and in total.
@@ -45,6 +50,7 @@ DROPS = (
     "runt",
     "oversize",
     "group_source",
+    "probe_excess",
     "blocked",
     "dhcp_guard",
     "ra_guard",
@@ -79,9 +85,9 @@ class _Port:
     """What the table keeps per port."""
 
     __slots__ = ("port", "solo", "flood", "macs", "max_frame", "blocked", "guarded", "drops",
-                 "buckets")
+                 "buckets", "probes")
 
-    def __init__(self, port, max_frame: int, guarded: frozenset, buckets: tuple):
+    def __init__(self, port, max_frame: int, guarded: frozenset, buckets: tuple, probes):
         self.port = port
         self.solo = (port,)   # returned as is when forwarding to this port
         self.flood = None     # all other unblocked ports; built on first use
@@ -91,6 +97,7 @@ class _Port:
         self.guarded = guarded  # guard kinds this port is not trusted for
         self.drops = dict.fromkeys(DROPS, 0)
         self.buckets = buckets  # (broadcast, multicast, unknown unicast); None: no limit
+        self.probes = probes    # a bucket for frames to the probe address, or None
 
 
 class _Entry:
@@ -107,13 +114,15 @@ class SwitchTable:
     def __init__(self, aging_s: float = 300.0, max_entries: int = 65536, *,
                  max_macs_per_port: int | None = None, holddown_s: float = 0.0,
                  storm_pps: tuple = (0, 0, 0), storm_burst_s: float = 1.0,
-                 guards=frozenset(), intercept: bytes | None = None):
+                 guards=frozenset(), intercept: bytes | None = None, probe_pps: float = 0):
         if aging_s < 0:
             raise ValueError(f"aging_s must be >= 0, not {aging_s!r}")
         if max_entries < 0:
             raise ValueError(f"max_entries must be >= 0, not {max_entries!r}")
         if holddown_s < 0:
             raise ValueError(f"holddown_s must be >= 0, not {holddown_s!r}")
+        if probe_pps < 0:
+            raise ValueError(f"probe_pps must be >= 0, not {probe_pps!r}")
         if len(storm_pps) != 3 or any(r < 0 for r in storm_pps):
             raise ValueError(f"storm_pps must be three rates >= 0, not {storm_pps!r}")
         unknown = set(guards) - {guard.DHCP, guard.RA}
@@ -127,6 +136,7 @@ class SwitchTable:
         self.storm_burst_s = storm_burst_s
         self.guards = frozenset(guards)
         self.intercept = intercept
+        self.probe_pps = probe_pps
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         # MAC -> [home port, port claiming it, frames held] since the caller last took them
         self.flaps: dict[bytes, list] = {}
@@ -149,7 +159,8 @@ class SwitchTable:
             raise ValueError(f"port already added: {port!r}")
         max_frame = NO_LIMIT if mtu is None else mtu + ETH_HLEN + TAG_ROOM
         buckets = tuple(storm.bucket(rate, self.storm_burst_s) for rate in self.storm_pps)
-        self._state[port] = _Port(port, max_frame, self.guards - frozenset(trusted), buckets)
+        self._state[port] = _Port(port, max_frame, self.guards - frozenset(trusted), buckets,
+                                  storm.bucket(self.probe_pps, self.storm_burst_s))
         self._ports_changed()
 
     def drop_port(self, port) -> int:
@@ -231,6 +242,9 @@ class SwitchTable:
         if size > p.max_frame and not (offset and frame[1]):
             return self._drop(p, "oversize")
         if hdr[0] & 1 and self.intercept is not None and hdr[:6] == self.intercept:
+            b = p.probes
+            if b is not None and not b.take(now):
+                return self._drop(p, "probe_excess")
             counters["probes"] += 1
             return PROBE
         if p.blocked:
@@ -314,10 +328,10 @@ class SwitchTable:
         home = entry.home
         if home is p:
             counters["ingress_hairpin"] += 1
-            return DROP
+            return ()     # nothing to do, but nothing refused either
         if home.blocked:  # not after block() flushed it; kept so a stray entry cannot leak
             counters["blocked"] += 1
-            return DROP
+            return ()
         counters["forwarded"] += 1
         return home.solo
 

@@ -10,6 +10,7 @@ so once it arrives every storm frame the hub was going to pass has arrived too.
 
 import collections
 import contextlib
+import os
 import socket
 import sys
 import threading
@@ -34,6 +35,9 @@ ETH_TEST = b"\x88\xb5"
 REPLAY_S = 12.0
 LIMIT_PPS = 200               # the small limits of the flood tests, every class
 FLOOD_FRAMES = 20_000
+PROBE_DST = bytes.fromhex("036c3276706e")   # loopguard.PROBE_DST
+PROBE_PPS = 64                               # loopguard.PROBE_PPS
+PROBE_FLOOD = 5_000
 
 
 def big_sniffer(lab, name, ifname=TAP):
@@ -135,6 +139,31 @@ def flood_frames(cls, marker):
     return head, [head + marker + i.to_bytes(4, "big") + bytes(30) for i in range(FLOOD_FRAMES)]
 
 
+def flood_then_fence(lab, sock, sn, frames, src: bytes) -> tuple[int, float]:
+    """Send frames out of sock, then a known-unicast fence from src to site-b until sn
+    (on site-b's TAP) sees it: every flood frame the hub passed has arrived by then.
+    Returns (fences sent, seconds from the first frame to the fence's arrival)."""
+    fence_mark = b"fence-" + uuid.uuid4().hex.encode()
+    fence = bytes.fromhex(lab.tap_mac("site-b").replace(":", "")) + src + ETH_TEST + \
+        fence_mark.ljust(46, b".")
+    fences = 0
+    t_start = time.monotonic()
+    for f in frames:
+        with contextlib.suppress(BlockingIOError, OSError):
+            sock.send(f)           # a full TAP queue drops; the spoke counts what came
+    deadline = time.monotonic() + 20
+    while True:                    # the fence itself may meet a full queue: resend
+        sock.send(fence)
+        fences += 1
+        try:
+            sn.wait_for(labnet.has_marker(fence_mark), timeout_s=1)
+            break
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+    return fences, time.monotonic() - t_start
+
+
 class Background:
     """Runs fn in a thread; result() re-raises what it raised."""
 
@@ -173,31 +202,13 @@ def test_a_storm_is_cut_to_its_limit_and_the_other_sites_keep_talking(limited_la
     f0 = lab.status(flooder)
     sn = big_sniffer(lab, "site-b")
     sock = raw_socket(lab.ns(flooder), TAP)
-    fence_mark = b"fence-" + uuid.uuid4().hex.encode()
-    fence = bytes.fromhex(lab.tap_mac("site-b").replace(":", "")) + head[6:12] + ETH_TEST + \
-        fence_mark.ljust(46, b".")
-    fences = 0
     try:
         # site-b <-> site-c traffic runs through the storm
         ping = Background(lambda: lab.ping(lab.ns("site-b"), lab.ip("site-c"), count=20,
                                            interval_s=0.05, wait_s=2))
         xfer = Background(lambda: lab.tcp_transfer("site-b", "site-c", 32 << 20,
                                                    timeout_s=60))
-        t_start = time.monotonic()
-        for f in frames:
-            with contextlib.suppress(BlockingIOError, OSError):
-                sock.send(f)           # a full TAP queue drops; the spoke counts what came
-        deadline = time.monotonic() + 20
-        while True:                    # the fence itself may meet a full queue: resend
-            sock.send(fence)
-            fences += 1
-            try:
-                sn.wait_for(labnet.has_marker(fence_mark), timeout_s=1)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
-        elapsed_s = time.monotonic() - t_start
+        fences, elapsed_s = flood_then_fence(lab, sock, sn, frames, head[6:12])
         delivered = len(sn.matching(labnet.has_marker(marker)))
         r = ping.result(30)
         t = xfer.result(90)
@@ -239,4 +250,47 @@ def test_a_storm_is_cut_to_its_limit_and_the_other_sites_keep_talking(limited_la
     assert not a1["switch"]["blocked"]
     assert r.ok, f"ping site-b -> site-c during the storm: {r}"
     assert t.received == t.size and t.intact
+    assert lab.ping(lab.ns(flooder), lab.ip("site-b"), count=2).ok
+
+
+@pytest.mark.parametrize("flooder", ["site-a", "site-d"])
+def test_a_flood_to_the_probe_address_costs_the_hub_at_most_probe_pps_checks(limited_lab,
+                                                                             flooder):
+    """Frames to the loop-probe address skip storm control (a storm must not hide the loop
+    that causes it) but each would cost the hub a signature check: past PROBE_PPS a port
+    they are dropped unchecked, at site-a's spoke (which limits) or at the hub (site-d)."""
+    lab = limited_lab
+    src = bytes.fromhex(labnet.stable_mac("probe-flooder").replace(":", ""))
+    frames = [PROBE_DST + src + ETH_TEST + os.urandom(64) for _ in range(PROBE_FLOOD)]
+    st0 = lab.status("hub")
+    a0, f0, ld0 = session(st0, flooder), lab.status(flooder), st0["switch"]["loop_detection"]
+    sn = big_sniffer(lab, "site-b")
+    sock = raw_socket(lab.ns(flooder), TAP)
+    try:
+        fences, elapsed_s = flood_then_fence(lab, sock, sn, frames, src)
+    finally:
+        sock.close()
+        sn.close()
+    st1 = lab.status("hub")
+    a1, f1, ld1 = session(st1, flooder), lab.status(flooder), st1["switch"]["loop_detection"]
+    read = f1["tap"]["frames_in"] - f0["tap"]["frames_in"] - fences
+    reached = a1["frames_in"] - a0["frames_in"] - fences
+    checked = ld1["forged"] - ld0["forged"]
+    hub_dropped = a1["switch"]["drops"]["probe_excess"] - a0["switch"]["drops"]["probe_excess"]
+    spoke_dropped = f1["flood_drops"]["probe_excess"] - f0["flood_drops"]["probe_excess"]
+    print(f"probe-address flood from {flooder}: {read} read by the spoke, {reached} reached "
+          f"the hub, {checked} checked; dropped {spoke_dropped} at the spoke, {hub_dropped} "
+          f"at the hub, in {elapsed_s:.2f} s")
+    assert read > 5 * PROBE_PPS, "the flood hardly reached the spoke: nothing was tested"
+    assert checked <= PROBE_PPS * (1.0 + elapsed_s) + 2
+    assert checked >= min(reached, PROBE_PPS) * 0.9
+    assert abs(reached - hub_dropped - checked) <= 3
+    if flooder == "site-a":
+        assert abs(read - reached - spoke_dropped) <= 3
+        assert hub_dropped <= 5
+    else:
+        assert spoke_dropped == 0 and abs(read - reached) <= 3
+    # nothing else was counted as a loop, and the port still works
+    assert ld1["probes_back"] == ld0["probes_back"] and not st1["switch"]["blocked"]
+    assert a1["state"] == "up" and a1["remote"] == a0["remote"]
     assert lab.ping(lab.ns(flooder), lab.ip("site-b"), count=2).ok

@@ -1,5 +1,6 @@
 """Hub wiring of port security and loop detection, with fake ports: no sockets, no TAP."""
 
+import heapq
 import json
 import logging
 import socket
@@ -613,6 +614,72 @@ def test_the_hub_tells_spokes_that_can_apply_them_its_flood_limits(make_hub):
     assert unable.limits == []
 
 
+# -- throttling a port whose frames are refused wholesale -------------------------------
+
+
+def end_of_pass(hub):
+    """What the loop does after a pass's callbacks: run the flush hooks asked for."""
+    pending, hub.loop._flush = hub.loop._flush, {}
+    for fn in pending.values():
+        fn()
+
+
+def run_timers(hub):
+    """Run the loop's timers that are due by its (fake) clock."""
+    loop, now = hub.loop, hub.loop.clock()
+    while loop._timers and loop._timers[0][0] <= now:
+        timer = heapq.heappop(loop._timers)[2]
+        if not timer.cancelled:
+            timer.fn()
+
+
+def test_a_port_refused_wholesale_in_one_pass_is_not_read_for_a_while(make_hub, clock,
+                                                                       caplog):
+    hub = make_hub(storm=StormConfig(broadcast_pps=10, multicast_pps=0, unknown_unicast_pps=0))
+    a, b, c = up(hub, "site-a", "site-b", "site-c")
+    with caplog.at_level(logging.WARNING, logger="l2vpn.hub"):
+        for _ in range(10 + hub_module.REFUSED_PER_PASS):        # a storm from site-a
+            hub._forward(a, eth(BROADCAST, mac(1)))
+        for _ in range(hub_module.REFUSED_PER_PASS - 1):          # one short, from site-b
+            hub._forward(b, eth(BROADCAST, mac(2)))
+        hub._forward(c, eth(mac(1), mac(3)))                       # known unicast: no refusal
+        end_of_pass(hub)
+    assert a.paused and not b.paused and not c.paused
+    assert hub.status()["sessions"][0]["switch"]["throttled"] == 1
+    assert [line for line in hub_lines(caplog) if "refused" in line] == [
+        f"port site-a: the switch refused {hub_module.REFUSED_PER_PASS} of its frames in one "
+        f"pass; reading it at most every {hub_module.THROTTLE_S * 1000:g} ms while that "
+        f"lasts (why: the port's next drop report)"]
+    clock.advance(hub_module.THROTTLE_S)
+    run_timers(hub)
+    assert not a.paused
+    # the count is per pass: the next pass starts from nothing
+    for _ in range(hub_module.REFUSED_PER_PASS - 1):
+        hub._forward(a, eth(BROADCAST, mac(1)))
+    end_of_pass(hub)
+    assert not a.paused and hub.throttled[a] == 1
+
+
+def test_an_empty_flood_or_a_hairpin_is_no_refusal(make_hub):
+    hub = make_hub()
+    (a,) = up(hub, "site-a")
+    for n in range(2 * hub_module.REFUSED_PER_PASS):   # no other port to flood to
+        hub._forward(a, eth(BROADCAST, mac(n % 50 + 1)))
+        hub._forward(a, eth(mac(1), mac(2)))           # both behind site-a
+    end_of_pass(hub)
+    assert not a.paused and hub.throttled == {}
+
+
+def test_a_port_gone_before_the_end_of_the_pass_is_not_throttled(make_hub):
+    hub = make_hub(max_macs_per_port=1)
+    a, b = up(hub, "site-a", "site-b")
+    for n in range(hub_module.REFUSED_PER_PASS + 2):
+        hub._forward(a, eth(BROADCAST, mac(n + 1)))    # past the MAC limit
+    hub._on_close(a, "gone")
+    end_of_pass(hub)
+    assert not a.paused and hub.throttled == {}
+
+
 # -- status ------------------------------------------------------------------------------
 
 
@@ -628,7 +695,8 @@ def test_status_has_switch_facts_per_session_and_for_the_tap(make_hub, clock):
     assert by_cn["site-a"]["macs"] == 1 and by_cn["site-a"]["blocked"] is False
     assert by_cn["site-a"]["drops"]["port_limit"] == 1
     assert set(by_cn["site-a"]["drops"]) == set(DROPS)
-    assert by_cn["site-b"] == {"macs": 0, "blocked": False, "drops": dict.fromkeys(DROPS, 0)}
+    assert by_cn["site-b"] == {"macs": 0, "blocked": False, "drops": dict.fromkeys(DROPS, 0),
+                               "throttled": 0}
     assert st["tap"]["switch"]["macs"] == 1 and st["tap"]["name"] == "l2hub0"
     assert st["switch"]["counters"]["port_limit"] == 1
     assert st["switch"]["loop_detection"] == dict.fromkeys(loopguard.COUNTERS, 0)

@@ -69,17 +69,27 @@ def test_limiter_has_a_bucket_per_class_and_leaves_unicast_alone():
     assert [lim.admit(eth(BROADCAST), 0, 1.0) for _ in range(3)] == [True, True, False]
     assert [lim.admit(eth(MCAST), 0, 1.0) for _ in range(4)] == [True] * 3 + [False]
     assert all(lim.admit(eth(UNICAST), 0, 1.0) for _ in range(100))
-    assert lim.drops == {"storm_broadcast": 1, "storm_multicast": 1}
+    assert lim.drops == {"storm_broadcast": 1, "storm_multicast": 1, "probe_excess": 0}
 
 
-def test_limiter_reads_past_the_vnet_header_and_lets_runts_and_probes_through():
-    lim = storm.FloodLimiter(1, 1, exempt=PROBE_DST)
+def test_limiter_reads_past_the_vnet_header_and_lets_runts_through():
+    lim = storm.FloodLimiter(1, 1)
     assert lim.admit(PLAIN_HDR + eth(BROADCAST), 10, 0.0)
     assert not lim.admit(PLAIN_HDR + eth(BROADCAST), 10, 0.0)
-    assert all(lim.admit(PLAIN_HDR + eth(PROBE_DST), 10, 0.0) for _ in range(10))
     assert lim.admit(PLAIN_HDR, 10, 0.0) and lim.admit(b"", 0, 0.0)
     assert lim.admit(memoryview(PLAIN_HDR + eth(MCAST)), 10, 0.0)
-    assert lim.drops == {"storm_broadcast": 1, "storm_multicast": 0}
+    assert lim.drops == {"storm_broadcast": 1, "storm_multicast": 0, "probe_excess": 0}
+
+
+def test_loop_probes_have_a_bucket_of_their_own_so_a_storm_cannot_hide_a_loop():
+    lim = storm.FloodLimiter(1, 1, probe=PROBE_DST, probe_pps=4)
+    assert lim.admit(eth(MCAST), 0, 0.0) and not lim.admit(eth(MCAST), 0, 0.0)
+    assert [lim.admit(PLAIN_HDR + eth(PROBE_DST), 10, 0.0) for _ in range(6)] == \
+        [True] * 4 + [False] * 2
+    assert lim.admit(eth(PROBE_DST), 0, 0.25)     # refilled at 4/s
+    assert lim.drops == {"storm_broadcast": 0, "storm_multicast": 1, "probe_excess": 2}
+    unlimited = storm.FloodLimiter(1, 1, probe=PROBE_DST)
+    assert all(unlimited.admit(eth(PROBE_DST), 0, 0.0) for _ in range(1000))
 
 
 def test_limiter_with_zero_rates_limits_nothing_and_counts_into_the_given_dict():
@@ -92,15 +102,17 @@ def test_limiter_with_zero_rates_limits_nothing_and_counts_into_the_given_dict()
 
 
 @settings(max_examples=200, deadline=None)
-@given(rates=st.tuples(st.integers(0, 50), st.integers(0, 50)),
-       gaps=st.lists(st.tuples(st.floats(0, 0.2), st.sampled_from([BROADCAST, MCAST, UNICAST])),
+@given(rates=st.tuples(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)),
+       gaps=st.lists(st.tuples(st.floats(0, 0.2),
+                               st.sampled_from([BROADCAST, MCAST, UNICAST, PROBE_DST])),
                      max_size=300),
        delay=st.floats(0, 5))
 def test_what_the_spoke_admits_the_hub_passes(rates, gaps, delay):
     """Same buckets on both ends: the hub's storm control drops nothing the spoke let through,
     whatever the (constant) delay between them."""
-    lim = storm.FloodLimiter(*rates)
-    hub = SwitchTable(storm_pps=(rates[0], rates[1], 0), storm_burst_s=1.0)
+    lim = storm.FloodLimiter(rates[0], rates[1], probe=PROBE_DST, probe_pps=rates[2])
+    hub = SwitchTable(storm_pps=(rates[0], rates[1], 0), storm_burst_s=1.0,
+                      intercept=PROBE_DST, probe_pps=rates[2])
     hub.add_port("site")
     hub.add_port("other")
     t = 0.0
@@ -112,7 +124,8 @@ def test_what_the_spoke_admits_the_hub_passes(rates, gaps, delay):
             sent += 1
             hub.decide(frame, "site", t + delay)
     assert hub.counters["storm_broadcast"] == hub.counters["storm_multicast"] == 0
-    assert hub.counters["flooded"] == sent
+    assert hub.counters["probe_excess"] == 0
+    assert hub.counters["flooded"] + hub.counters["probes"] == sent
 
 
 # -- the spoke ------------------------------------------------------------------------
@@ -173,7 +186,7 @@ def test_spoke_drops_floods_past_the_hubs_limits_and_reports_once_per_interval(
     assert len(spoke.session.sent) == 10 + 20 + 100 + 30
     st = spoke.status()
     assert st["flood_limits"] == {"broadcast_pps": 10, "multicast_pps": 20}
-    assert st["flood_drops"] == {"storm_broadcast": 5, "storm_multicast": 5}
+    assert st["flood_drops"] == {"storm_broadcast": 5, "storm_multicast": 5, "probe_excess": 0}
     with caplog.at_level(logging.WARNING, logger="l2vpn.spoke"):
         spoke._tick()
         clock.advance(1.0)

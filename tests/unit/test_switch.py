@@ -509,7 +509,7 @@ def test_matches_reference_model(kw, script):
             if cut is not None:
                 data = data[: offset + cut]
             got = t.decide(WRAPS[wrap](data), ingress, now, offset=offset)
-            assert type(got) is tuple
+            assert type(got) in (tuple, type(switch.DROP))   # never a list, never a probe
             assert ingress not in got
             assert len(set(got)) == len(got)
             assert set(got) <= set(t.ports)
@@ -1084,6 +1084,19 @@ def test_a_probe_from_a_blocked_port_is_still_returned():
     assert drops(t, "b") == {}
 
 
+def test_probes_past_probe_pps_are_dropped_per_port_before_anyone_checks_them():
+    t = table("a", "b", intercept=INTERCEPT, probe_pps=3)
+    t.block("b")
+    got = [t.decide(eth(INTERCEPT, mac(1)), "b", 0.0) for _ in range(5)]
+    assert [g is switch.PROBE for g in got] == [True] * 3 + [False] * 2
+    assert drops(t, "b") == {"probe_excess": 2}
+    assert t.decide(eth(INTERCEPT, mac(2)), "a", 0.0) is switch.PROBE   # a's own bucket
+    assert t.decide(eth(INTERCEPT, mac(1)), "b", 1 / 3) is switch.PROBE  # refilled at 3/s
+    assert t.counters["probes"] == 5 and t.counters["probe_excess"] == 2
+    with pytest.raises(ValueError):
+        SwitchTable(probe_pps=-1)
+
+
 def test_only_the_intercept_address_is_a_probe():
     t = table("a", "b", intercept=INTERCEPT)
     other = bytes.fromhex("036c3276706f")
@@ -1231,8 +1244,13 @@ class SwitchFuzz(RuleBasedStateMachine):
         self.now += dt
         before = dict(self.t.counters)
         size = len(self.t)
+        known = ingress in self.current
+        port_drops = sum(self.t.port_info(ingress)["drops"].values()) if known else 0
         got = self.t.decide(WRAPS[wrap](data), ingress, self.now, offset)
-        assert type(got) in (tuple, type(switch.PROBE))
+        assert type(got) in (tuple, type(switch.PROBE), type(switch.DROP))
+        # DROP means refused, and every refusal is counted against the ingress port
+        now_drops = sum(self.t.port_info(ingress)["drops"].values()) if known else 0
+        assert (got is switch.DROP) == (now_drops > port_drops or not known)
         assert ingress not in got
         assert not set(got) & self.blocked
         assert set(got) <= set(self.current)
