@@ -221,7 +221,7 @@ class Hub(Node):
         """End of pass: rest the ports whose frames were refused wholesale."""
         refused, self._refused = self._refused, {}
         for port, n in refused.items():
-            if n < REFUSED_PER_PASS or port.paused or port not in self.switch.ports:
+            if n < REFUSED_PER_PASS or port.paused:   # a port gone is gone from here too
                 continue
             port.pause()
             self.loop.call_later(THROTTLE_S, port.resume)

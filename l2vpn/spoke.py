@@ -44,7 +44,7 @@ class Spoke(Node):
         self._retry_timer = None
         self.limiter = None       # storm.FloodLimiter while the hub's limits are in force
         self.limits = None        # wire.Limits the hub sent last, kept for the log
-        self.flood_drops = dict.fromkeys(_EXPLAIN, 0)   # across sessions
+        self.flood_drops = dict.fromkeys(storm.LIMITER_DROPS, 0)   # across sessions
         self.drop_reports = DropReports(REPORT_S)
 
     def _start(self):

@@ -17,7 +17,7 @@ unknown is something only the hub's MAC table knows.
 from l2vpn.frame import BROADCAST
 
 DROP_REASONS = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast")
-LIMITER_DROPS = ("storm_broadcast", "storm_multicast", "probe_excess")   # a spoke's
+LIMITER_DROPS = ("storm_broadcast", "storm_multicast", "probe_excess")   # FloodLimiter's
 
 
 class TokenBucket:

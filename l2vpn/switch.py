@@ -33,6 +33,7 @@ forwarding allocates an answer per frame.
 from l2vpn import guard, storm
 from l2vpn.frame import BROADCAST, ETH_HLEN, VLAN_HLEN
 
+
 class _Drop(tuple):
     """An empty answer that also says "refused" (a flood with no other port to go to is
     an empty answer too, but not a refusal)."""

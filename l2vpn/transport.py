@@ -9,7 +9,8 @@ small writes. Reading takes what the kernel holds, up to a budget so one busy pe
 cannot starve the others, and decrypts every whole record; a partial record waits in
 the BIO. The budget is counted in frames (FRAME_BUDGET a read, as a TAP read is), not
 bytes: each read sizes the next from the bytes per frame it saw, so a peer flooding
-small frames gets as many frames a pass as one sending large ones, not 20 times more. Writing appends records to a plaintext buffer; the loop flushes it once per
+small frames gets as many frames a pass as one sending large ones, not 20 times more.
+Writing appends records to a plaintext buffer; the loop flushes it once per
 pass, encrypting a chunk only when the kernel has taken the previous one, so memory
 stays bounded by the plaintext buffer plus one chunk of ciphertext.
 
@@ -371,8 +372,8 @@ class Session:
             self.close(self._closed_by_peer())
             return
         if n:
-            # No whole frame yet (large frames, or a TLS record split): read more next time.
             frames = self.frames_in - frames_before
+            # no whole frame yet (large frames, or a split TLS record): read more next time
             want = n * FRAME_BUDGET // frames if frames else 2 * self._read_budget
             self._read_budget = max(MIN_READ_B, min(READ_BUDGET_B, want))
 
