@@ -66,7 +66,7 @@ def _covers(extras: set[str]) -> bool:
     """True when the stamp says `extras` are installed for today's setup.cfg."""
     stamp = _read_stamp()
     return (stamp.get("key") == _install_key() and extras <= set(stamp.get("extras", []))
-            and PYTHON.exists())            # exists() follows the symlink to the base
+            and os.path.exists(PYTHON))     # follows the symlink to the base interpreter
 
 
 def apt_install(packages: list[str], say=_say) -> None:
@@ -121,13 +121,21 @@ def ensure(extras=(), say=_say) -> bool:
     wanted = set(extras)
     if _covers(wanted):
         return False
+    try:
+        return _install(wanted, say)
+    except OSError as exc:            # a checkout or venv this user may not write, say
+        raise Missing(f"cannot prepare {VENV}: {exc.strerror or exc}"
+                      f"{' (run as root?)' if os.geteuid() else ''}") from None
+
+
+def _install(wanted: set[str], say) -> bool:
     lock = os.open(REPO, os.O_RDONLY)       # two tools bootstrapping at once take turns
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _covers(wanted):
             return False
         stamp = _read_stamp()
-        usable = PYTHON.exists() and (VENV / "pyvenv.cfg").exists() \
+        usable = os.path.exists(PYTHON) and (VENV / "pyvenv.cfg").exists() \
             and stamp.get("repo", str(REPO)) == str(REPO)   # not made for a moved checkout
         if not usable:
             _create_venv(say)
@@ -160,7 +168,11 @@ def enter(extras=(), say=_say) -> None:
     env = dict(os.environ, VIRTUAL_ENV=str(VENV),
                PATH=f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("PYTHONHOME", None)
-    os.execve(PYTHON, [str(PYTHON), str(Path(sys.argv[0]).resolve()), *sys.argv[1:]], env)
+    try:
+        os.execve(PYTHON, [str(PYTHON), str(Path(sys.argv[0]).resolve()), *sys.argv[1:]], env)
+    except OSError as exc:
+        say(f"cannot run: cannot start {PYTHON}: {exc.strerror or exc}")
+        sys.exit(2)
 
 
 def main(argv: list[str]) -> int:
