@@ -31,6 +31,7 @@ so an older or non-offloading peer gets ordinary MTU-sized frames.
 """
 
 import errno
+import itertools
 import logging
 import os
 import selectors
@@ -62,6 +63,10 @@ SMALL_WRITE_B = 16 * 1024
 # read is copied into its session's decoder before the next read starts.
 _READ_BUF = bytearray(READ_CHUNK_B)
 _READ_VIEW = memoryview(_READ_BUF)
+
+# Session ids: one counter for the process, so an id is never reused while the node runs
+# and a new id in `status` means a new session, however the clocks moved.
+_session_ids = itertools.count(1)
 
 CONNECTING = "connecting"
 HANDSHAKE = "handshake"
@@ -199,6 +204,7 @@ class Session:
                  server_hostname=None, on_secure=None, on_up=None, on_frame=None,
                  on_close=None, on_limits=None):
         self.loop = loop
+        self.id = next(_session_ids)
         self.remote = remote
         self.context = context
         self.server_side = server_side
@@ -622,7 +628,9 @@ class Session:
 
     # -- reporting -------------------------------------------------------------------
     def snapshot(self, now: float) -> dict:
+        """What `status` shows of this session; `id` tells a new session from a kept one."""
         return {
+            "id": self.id,
             "node": self.name,
             "cn": self.cn,
             "remote": self.remote,

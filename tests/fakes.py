@@ -5,6 +5,7 @@ A switch port is anything with `name`, `send_frame(frame)`, `congested`, `pause(
 `peer`) and `goodbye()`. The fakes record every call so a test can assert on it.
 """
 
+import itertools
 import socket
 import struct
 import threading
@@ -60,6 +61,9 @@ class FakePort:
         self.waiters.append(source)
 
 
+_session_ids = itertools.count(1)   # as transport's: every fake session its own id
+
+
 class FakeSession(FakePort):
     """A session that finished its hello: a port plus the facts hub._on_up reads."""
 
@@ -67,6 +71,7 @@ class FakeSession(FakePort):
                  remote: str = "192.0.2.1:40000", up_since: float | None = 0.0,
                  flood_limits: bool = False):
         super().__init__(cn)
+        self.id = next(_session_ids)
         self.cn = cn
         self.name = name or cn
         self.peer = Hello(1, self.name, mtu, 0)
@@ -89,8 +94,8 @@ class FakeSession(FakePort):
         self.state = "closed"
 
     def snapshot(self, now: float) -> dict:
-        return {"node": self.name, "cn": self.cn, "remote": self.remote, "state": self.state,
-                "uptime_s": now - (self.up_since or now), "frames_in": 0,
+        return {"id": self.id, "node": self.name, "cn": self.cn, "remote": self.remote,
+                "state": self.state, "uptime_s": now - (self.up_since or now), "frames_in": 0,
                 "frames_out": self.frames_out, "bytes_in": 0, "bytes_out": self.bytes_out,
                 "drops": self.drops}
 

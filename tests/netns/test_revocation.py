@@ -82,15 +82,14 @@ def stays_out(lab, name, seconds, min_refusals, mark):
     return refused
 
 
-def untouched(lab, before, since):
-    """The sessions in `before` are the same sessions, alive all along since `since`."""
+def untouched(lab, before):
+    """The sessions in `before` are the same sessions: same id (the hub never reuses one)."""
     after = hub_sessions(lab)
-    elapsed = time.monotonic() - since
     for name, s in before.items():
         assert name in after, f"{name} lost its session"
+        assert after[name]["id"] == s["id"], \
+            f"{name}'s session was re-established: id {s['id']} -> {after[name]['id']}"
         assert after[name]["remote"] == s["remote"], f"{name} reconnected"
-        assert after[name]["uptime_s"] >= s["uptime_s"] + elapsed * 0.9, \
-            f"{name}'s session was re-established: {s['uptime_s']} -> {after[name]['uptime_s']}"
 
 
 # --------------------------------------------------------- revoke while sessions are up
@@ -105,7 +104,6 @@ def test_revoking_a_live_spoke_ends_only_its_session(make_lab):
     lab.wait_ping(lab.ns("site-a"), lab.ip("site-c"))
     others = {n: s for n, s in hub_sessions(lab).items() if n != "site-b"}
     mark, mark_b = len(lab.log("hub")), len(lab.log("site-b"))
-    t_others = time.monotonic()
 
     wall0, t0 = dt.datetime.now(), time.monotonic()
     serial = revoke(lab, "site-b")
@@ -135,7 +133,7 @@ def test_revoking_a_live_spoke_ends_only_its_session(make_lab):
     assert lab.status("site-b")["sessions"] == []
 
     # the others never noticed
-    untouched(lab, others, t_others)
+    untouched(lab, others)
     assert_ping(lab, "site-a", "site-c")
     assert_ping(lab, "site-c", "site-a")
 
@@ -173,7 +171,6 @@ def test_sighup_applies_a_crl_the_watcher_cannot_see_and_bad_crls_keep_the_old(m
     hub = lab.daemon_pid("hub")
     assert hub == lab.nodes["hub"].proc.pid
     others = {n: s for n, s in hub_sessions(lab).items() if n != "site-c"}
-    t_others = time.monotonic()
     mark = len(lab.log("hub"))
 
     serial = revoke(lab, "site-c")            # the CA's CRL now lists site-c ...
@@ -217,7 +214,7 @@ def test_sighup_applies_a_crl_the_watcher_cannot_see_and_bad_crls_keep_the_old(m
     # site-c is still refused for its revoked certificate; the others are untouched
     stays_out(lab, "site-c", 3, min_refusals=1, mark=mark)
     assert lab.running("hub")
-    untouched(lab, others, t_others)
+    untouched(lab, others)
     assert_ping(lab, "site-a", "site-b")
 
 

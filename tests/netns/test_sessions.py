@@ -61,7 +61,8 @@ def test_second_session_with_same_cn_replaces_the_first(make_lab):
     lab.wait_ready("hub")
     lab.start("site-a")
     lab.wait_sessions(spokes=["site-a"])
-    first_remote = lab.sessions("hub")["site-a"]["remote"]
+    first = lab.sessions("hub")["site-a"]
+    first_remote = first["remote"]
     # site-a's certificate, run from site-c's namespace under its own TAP and socket.
     clone = lab.update_config("site-a", {
         "tap": {"name": "l2clone0", "address": "198.19.0.99/24"},
@@ -74,9 +75,10 @@ def test_second_session_with_same_cn_replaces_the_first(make_lab):
     def replaced():
         sessions = [s for s in lab.status("hub")["sessions"] if s["node"] == "site-a"]
         assert len(sessions) <= 1, sessions
-        return sessions and sessions[0]["remote"].startswith(f"{clone_ip}:")
-    lab.wait_until(replaced, 15, what="the clone's session to replace site-a's",
-                   alive=["hub", "site-c"])
+        return sessions and sessions[0]["remote"].startswith(f"{clone_ip}:") and sessions[0]
+    clone_session = lab.wait_until(replaced, 15, what="the clone's session to replace site-a's",
+                                   alive=["hub", "site-c"])
     assert first_remote.split(":")[0] != clone_ip
+    assert clone_session["id"] != first["id"], "the replacing session kept the old id"
     assert "connected again" in lab.log("hub")
     assert "replaced by a newer session" in lab.log("site-a")

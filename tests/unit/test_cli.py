@@ -390,10 +390,10 @@ HUB_STATUS = {
     "tap": {"name": "l2vpn0", "mac": "02:00:00:00:00:01", "mtu": 1500, "frames_in": 5,
             "frames_out": 6, "bytes_in": 500, "bytes_out": 600, "drops": 0},
     "sessions": [
-        {"node": "site-a", "cn": "site-a", "remote": "198.18.0.2:40000", "state": "up",
+        {"id": 1, "node": "site-a", "cn": "site-a", "remote": "198.18.0.2:40000", "state": "up",
          "uptime_s": 61.0, "frames_in": 10, "frames_out": 12, "bytes_in": 2048,
          "bytes_out": 5 * 1024 * 1024, "drops": 3, "buffered_b": 0, "caps": 0},
-        {"node": "site-b", "cn": "site-b", "remote": "[2001:db8::2]:40001", "state": "up",
+        {"id": 7, "node": "site-b", "cn": "site-b", "remote": "[2001:db8::2]:40001", "state": "up",
          "uptime_s": 5.0, "frames_in": 0, "frames_out": 0, "bytes_in": 0, "bytes_out": 0,
          "drops": 0, "buffered_b": 0, "caps": 0},
     ],
@@ -470,7 +470,9 @@ def test_status_against_a_live_socket(tmp_path, capsys):
         assert call_in_thread(loop, lambda: main(["status", "-s", str(path)])) == 0
         assert "sessions (2)" in capsys.readouterr().out
         assert call_in_thread(loop, lambda: main(["status", "-s", str(path), "--json"])) == 0
-        assert yaml.safe_load(capsys.readouterr().out) == HUB_STATUS
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed == HUB_STATUS
+        assert [x["id"] for x in printed["sessions"]] == [1, 7]
     finally:
         srv.close()
         loop.close()

@@ -177,6 +177,7 @@ def test_a_newer_session_replaces_the_old_one(hub):
     assert old.goodbyes == ["replaced by a newer session"]
     assert hub.sessions == {"site-a": new}
     assert old not in hub.switch.ports and hub.switch.lookup(mac(1), hub.loop.clock()) is None
+    assert [x["id"] for x in hub.status()["sessions"]] == [new.id] and new.id != old.id
 
 
 def test_on_close_drops_the_port_and_its_macs(hub):
@@ -262,6 +263,7 @@ def test_status_lists_node_sessions_and_macs(hub, clock):
     assert st["node"] == "hub" and st["role"] == "hub"
     assert st["listen"] == "127.0.0.1:7443"
     assert [x["cn"] for x in st["sessions"]] == ["site-b"]
+    assert st["sessions"][0]["id"] == s.id and type(s.id) is int
     assert st["macs"] == [
         {"mac": "02:00:00:00:00:01", "port": "a", "age_s": 2.5},
         {"mac": "02:00:00:00:00:02", "port": "site-b", "age_s": 2.5},
@@ -273,7 +275,9 @@ def test_status_lists_node_sessions_and_macs(hub, clock):
 def test_status_sessions_are_sorted_by_cn(hub):
     for cn in ("site-c", "site-a", "site-b"):
         hub._on_up(FakeSession(cn))
-    assert [x["cn"] for x in hub.status()["sessions"]] == ["site-a", "site-b", "site-c"]
+    st = hub.status()
+    assert [x["cn"] for x in st["sessions"]] == ["site-a", "site-b", "site-c"]
+    assert len({x["id"] for x in st["sessions"]}) == 3
 
 
 def test_request_status_and_unknown(hub):

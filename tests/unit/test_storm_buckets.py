@@ -216,6 +216,17 @@ def test_spoke_forgets_the_limits_with_the_session_and_keeps_the_counts(make_spo
     assert spoke.status()["flood_drops"]["storm_broadcast"] == 2
 
 
+def test_spoke_status_shows_its_hub_session_with_its_id(make_spoke):
+    spoke = make_spoke()
+    first = spoke.session
+    assert [x["id"] for x in spoke.status()["sessions"]] == [first.id]
+    spoke._on_close(first, "test over")
+    assert spoke.status()["sessions"] == []
+    spoke.session = FakeSession("hub")            # connected again: a new session
+    assert [x["id"] for x in spoke.status()["sessions"]] == [spoke.session.id]
+    assert spoke.session.id != first.id
+
+
 @pytest.mark.parametrize("flood_limits, caps", [(True, wire.CAP_FLOOD_LIMITS), (False, 0)])
 def test_spoke_offers_to_apply_flood_limits_unless_told_not_to(make_spoke, monkeypatch,
                                                              flood_limits, caps):

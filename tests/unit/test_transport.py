@@ -21,7 +21,7 @@ from l2vpn.loop import READ
 from l2vpn.offload import PLAIN_HDR
 from l2vpn.transport import Session
 
-SNAPSHOT_KEYS = {"node", "cn", "remote", "state", "uptime_s", "frames_in", "frames_out",
+SNAPSHOT_KEYS = {"id", "node", "cn", "remote", "state", "uptime_s", "frames_in", "frames_out",
                  "bytes_in", "bytes_out", "drops"}
 
 
@@ -187,6 +187,20 @@ def test_snapshot_has_the_documented_keys(link, loop):
     client = link.client.snapshot(loop.clock())
     assert client["remote"] == f"127.0.0.1:{link.port}"
     assert (client["frames_out"], client["bytes_out"]) == (1, 60)
+    assert type(snap["id"]) is int and type(client["id"]) is int
+    assert snap["id"] != client["id"]
+    assert link.server.snapshot(loop.clock() + 60.0)["id"] == snap["id"]   # time moves, id stays
+
+
+def test_a_new_session_gets_an_id_never_used_before(link, loop, ctx, make_link):
+    first = {link.server.snapshot(loop.clock())["id"], link.client.snapshot(loop.clock())["id"]}
+    link.client.goodbye("reconnecting")
+    run_until(loop, lambda: link.reason("server"), what="the first session to end")
+    again = make_link(ctx["hub"], ctx["spoke"])     # the same peers, connected again
+    run_until(loop, again.up, what="the second session up")
+    second = {again.server.snapshot(loop.clock())["id"], again.client.snapshot(loop.clock())["id"]}
+    assert len(first) == len(second) == 2
+    assert not first & second, (first, second)
 
 
 # -- frames --------------------------------------------------------------------------
