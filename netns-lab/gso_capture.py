@@ -58,6 +58,9 @@ REPO = HERE.parent
 for _p in (str(REPO), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+if __name__ == "__main__":            # run as a script: on the checkout's venv
+    import bootstrap
+    bootstrap.enter()
 
 from pyroute2 import netns  # noqa: E402
 
