@@ -158,11 +158,7 @@ def _install(wanted: set[str], say) -> bool:
 
 def enter(extras=(), say=_say) -> None:
     """Run the calling script on the venv's python (re-executing it there if need be)."""
-    try:
-        installed = ensure(extras, say)
-    except Missing as exc:
-        say(f"cannot run: {exc}")
-        sys.exit(2)
+    installed = ensure(extras, say)
     if in_venv() and not installed:
         return
     env = dict(os.environ, VIRTUAL_ENV=str(VENV),
@@ -171,7 +167,15 @@ def enter(extras=(), say=_say) -> None:
     try:
         os.execve(PYTHON, [str(PYTHON), str(Path(sys.argv[0]).resolve()), *sys.argv[1:]], env)
     except OSError as exc:
-        say(f"cannot run: cannot start {PYTHON}: {exc.strerror or exc}")
+        raise Missing(f"cannot start {PYTHON}: {exc.strerror or exc}") from None
+
+
+def enter_or_exit(extras=(), say=_say) -> None:
+    """enter() for a script's top level: a missing prerequisite is one line and exit 2."""
+    try:
+        enter(extras, say)
+    except Missing as exc:
+        say(f"cannot run: {exc}")
         sys.exit(2)
 
 

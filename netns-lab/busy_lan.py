@@ -53,7 +53,7 @@ from functools import lru_cache
 
 if __name__ == "__main__":            # run as a script: on the checkout's venv, with scapy
     import bootstrap
-    bootstrap.enter(("lab",))
+    bootstrap.enter_or_exit(("lab",))
 
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.dhcp6 import (DHCP6_Advertise, DHCP6_Confirm, DHCP6_Renew, DHCP6_Reply,

@@ -60,7 +60,7 @@ for _p in (str(REPO), str(HERE)):
         sys.path.insert(0, _p)
 if __name__ == "__main__":            # run as a script: on the checkout's venv
     import bootstrap
-    bootstrap.enter()
+    bootstrap.enter_or_exit()
 
 from pyroute2 import netns  # noqa: E402
 

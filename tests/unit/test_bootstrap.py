@@ -142,11 +142,13 @@ def test_nothing_missing_runs_no_apt(boot, monkeypatch):
     assert boot.calls == []
 
 
-def test_enter_turns_a_missing_prerequisite_into_one_line_and_exit_2(boot, monkeypatch,
-                                                                      capsys):
+def test_enter_or_exit_turns_a_missing_prerequisite_into_one_line_and_exit_2(
+        boot, monkeypatch, capsys):
     monkeypatch.setattr(boot, "MIN_PYTHON", (99, 0))
+    with pytest.raises(boot.Missing):
+        boot.enter()                                   # for callers with their own errors
     with pytest.raises(SystemExit) as exc:
-        boot.enter()
+        boot.enter_or_exit()
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot run: l2vpn needs Python 99.0" in err
@@ -162,6 +164,14 @@ def test_enter_reexecutes_on_the_venvs_python(boot, monkeypatch):
     assert seen["argv"][0] == str(boot.PYTHON) and seen["argv"][2:] == ["--keep"]
     assert Path(seen["argv"][1]).is_absolute()
     assert seen["env"]["PATH"].startswith(str(boot.VENV / "bin"))
+
+
+def test_a_venv_python_that_cannot_start_is_one_line(boot, monkeypatch):
+    def refuse(*_a):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(boot.os, "execve", refuse)
+    with pytest.raises(boot.Missing, match="cannot start .*: Permission denied"):
+        boot.enter((), say=lambda m: None)
 
 
 def test_enter_inside_the_venv_with_nothing_to_install_returns(boot, monkeypatch):
