@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,8 +36,18 @@ def assert_one_line_refusal(done, tool: str, expected: str) -> None:
 def test_not_root_is_one_line(tool):
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux)")
-    done = run_tool(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                     "--", sys.executable, str(LAB_DIR / tool)], cwd="/")
+    # As a new user would: the script on the system's python3, from a folder anyone may
+    # read (the checkout under test, and pytest's tmp_path, may be root's alone).
+    with tempfile.TemporaryDirectory(prefix="l2vpn-notroot-") as top:
+        folder = Path(top) / "netns-lab"
+        folder.mkdir()
+        for name in (tool, "bootstrap.py"):
+            shutil.copy(LAB_DIR / name, folder / name)
+        for path in (Path(top), folder, *folder.iterdir()):
+            path.chmod(0o755)
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+        done = run_tool(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                         "--clear-groups", "--", python, str(folder / tool)], cwd="/")
     assert_one_line_refusal(done, tool, "run as root")
 
 
