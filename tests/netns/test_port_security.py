@@ -451,6 +451,8 @@ def test_dhcp_and_ra_guards_drop_server_messages_from_untrusted_ports(make_lab):
     # ARP, IPv4 ping and IPv6 neighbour discovery through the guards
     assert_ping(lab, "site-b", "site-c")
     assert_ping(lab, "site-c", "site-b")
+    # Both ends' addresses past DAD: a reply to a still-tentative address is discarded.
+    link_local(lab, "site-b")
     ll_c = link_local(lab, "site-c")
     r = lab.ping(lab.ns("site-b"), f"{ll_c}%{lab.overlay_if('site-b')}", count=3)
     assert r.ok, f"ping6 site-b -> site-c {ll_c}: {r}\n{r.output}"
