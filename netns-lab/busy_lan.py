@@ -1136,6 +1136,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--net", default=NET)
     args = ap.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario {', '.join(unknown)}; one of {', '.join(SCENARIOS)}")
     report = {}
     for s in args.scenarios:
         lt = labelled_trace(s, args.seed, args.net)
