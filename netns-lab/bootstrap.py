@@ -11,7 +11,8 @@ whose interpreter has gone makes it install again.
 Standard library only: it runs before anything is installed. A prerequisite it cannot
 provide ends the run with one line saying what to do (`Missing`), never a traceback.
 
-    python3 netns-lab/bootstrap.py [EXTRA,...]    ensure the venv; print its python
+    python3 netns-lab/bootstrap.py [EXTRA,...] [--tools CMD:PKG,...]
+        apt-install the tools' packages, ensure the venv; print its python
 """
 
 import fcntl
@@ -180,9 +181,22 @@ def enter_or_exit(extras=(), say=_say) -> None:
 
 
 def main(argv: list[str]) -> int:
-    extras = [e for e in (argv[0].split(",") if argv else []) if e]
+    import argparse
+    ap = argparse.ArgumentParser(prog="bootstrap.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("extras", nargs="?", default="", help="extras to install, e.g. test,bench")
+    ap.add_argument("--tools", default="", metavar="CMD:PKG,...",
+                    help="Debian packages to apt-install for missing commands (as root; "
+                         "not root: say what is missing and go on)")
+    args = ap.parse_args(argv)
+    tools = dict(t.split(":", 1) for t in args.tools.split(",") if t)
     try:
-        ensure(extras)
+        missing = sorted({pkg for cmd, pkg in tools.items() if shutil.which(cmd) is None})
+        if missing and os.geteuid() != 0:
+            _say(f"not root: not installing {' '.join(missing)} (tests that need them, "
+                 "and root, will skip)")
+        else:
+            install_tools(tools)
+        ensure([e for e in args.extras.split(",") if e])
     except Missing as exc:
         _say(f"cannot run: {exc}")
         return 2

@@ -179,3 +179,22 @@ def test_enter_inside_the_venv_with_nothing_to_install_returns(boot, monkeypatch
     monkeypatch.setattr(boot, "in_venv", lambda: True)
     monkeypatch.setattr(boot.os, "execve", lambda *a: pytest.fail("re-executed"))
     boot.enter(())
+
+
+def test_the_command_line_not_root_names_missing_tools_and_goes_on(boot, monkeypatch, capsys):
+    monkeypatch.setattr(boot.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(boot.shutil, "which", lambda cmd: None if cmd == "iperf3" else cmd)
+    assert boot.main(["test", "--tools", "ip:iproute2,iperf3:iperf3"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(boot.PYTHON)
+    assert "not root: not installing iperf3" in err
+    assert pip_targets(boot) == [f"{boot.REPO}[test]"]
+
+
+def test_the_command_line_as_root_installs_missing_tools(boot, monkeypatch, capsys):
+    monkeypatch.setattr(boot.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(boot.shutil, "which", lambda cmd: None)     # and no apt-get
+    assert boot.main(["--tools", "iperf3:iperf3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot run: missing iperf3 and no apt-get" in err
+    assert boot.calls == []
