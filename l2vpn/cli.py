@@ -12,6 +12,7 @@ from pathlib import Path
 
 from l2vpn import __version__, config, logs, pki, privilege
 from l2vpn.errors import ConfigError, L2VPNError, PKIError
+from l2vpn.sdnotify import Notifier
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -22,12 +23,13 @@ def _load(path, role):
 
 def cmd_node(args) -> int:
     logs.setup(args.verbose)
-    cfg = _load(args.config, args.verb)
-    if args.verb == "hub":
+    role = detect_role(args.config) if args.verb == "run" else args.verb
+    cfg = _load(args.config, role)
+    if role == "hub":
         from l2vpn.hub import Hub as node_cls
     else:
         from l2vpn.spoke import Spoke as node_cls
-    node = node_cls(cfg)
+    node = node_cls(cfg, notifier=Notifier.from_environ())
     try:
         node.start()
     except PKIError as e:
@@ -239,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     for role, what in (("hub", "run the hub: accept spokes, switch frames"),
-                       ("spoke", "run a spoke: carry the local TAP to the hub")):
+                       ("spoke", "run a spoke: carry the local TAP to the hub"),
+                       ("run", "run the node the config describes (a spoke if it has a "
+                               "hub: section, else the hub); for l2vpn@.service")):
         v = verbs.add_parser(role, help=what, description=what)
         v.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML config")
         v.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -53,8 +53,8 @@ _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 class Hub(Node):
     role = "hub"
 
-    def __init__(self, cfg, loop=None):
-        super().__init__(cfg, loop)
+    def __init__(self, cfg, loop=None, notifier=None):
+        super().__init__(cfg, loop, notifier)
         sw = cfg.switch
         self.guards = {kind: frozenset(g.trusted) for kind, g in
                        ((guard.DHCP, sw.dhcp_guard), (guard.RA, sw.ra_guard)) if g is not None}
@@ -283,6 +283,10 @@ class Hub(Node):
     def _say_goodbye(self):
         for session in list(self.sessions.values()) + list(self.pending):
             session.goodbye("hub shutting down", linger_s=0.5)
+
+    def summary(self) -> str:
+        n = len(self.sessions)
+        return f"{n} spoke{'s' * (n != 1)} up, {len(self.switch)} MACs"
 
     def status(self) -> dict:
         now = self.loop.clock()

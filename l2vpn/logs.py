@@ -1,14 +1,43 @@
 """Logging set-up, and a limiter so a hostile peer cannot flood the log."""
 
 import logging
+import os
 import sys
 import time
 
+# syslog priorities journald reads from a "<N>" line prefix (sd-daemon.h)
+JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                    logging.CRITICAL: 2}
 
-def setup(verbose: bool = False) -> None:
+
+class JournalFormatter(logging.Formatter):
+    """`<N>name: message`: journald stamps the time itself and files the priority."""
+
+    def format(self, record):
+        prio = JOURNAL_PRIORITY.get(record.levelno, 6 if record.levelno < logging.WARNING
+                                    else 3)
+        return "\n".join(f"<{prio}>{line}" for line in super().format(record).splitlines())
+
+
+def to_journal(stream, environ=None) -> bool:
+    """True when `stream` is the journal systemd gave us (JOURNAL_STREAM is its dev:inode)."""
+    env = os.environ if environ is None else environ
+    try:
+        dev, ino = (int(x) for x in env.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def setup(verbose: bool = False, stream=None, environ=None) -> None:
     """Our own debug lines with -v; libraries (pyroute2) stay at warnings."""
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JournalFormatter("%(name)s: %(message)s")
+                         if to_journal(stream, environ) else
+                         logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("l2vpn").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

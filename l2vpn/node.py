@@ -127,9 +127,10 @@ class Node:
 
     role = "node"
 
-    def __init__(self, cfg, loop=None):
+    def __init__(self, cfg, loop=None, notifier=None):
         self.cfg = cfg
         self.loop = loop or EventLoop()
+        self.notifier = notifier  # sdnotify.Notifier under systemd (Type=notify), else None
         self.started = self.loop.clock()
         self.tap = None
         self.management = None
@@ -175,6 +176,11 @@ class Node:
         except BaseException:
             self.close()
             raise
+        if self.notifier is not None:
+            self._closers.append(self.notifier.close)
+            self.notifier.ready(self.summary())
+            if self.notifier.watchdog_s:    # pinged from the loop: a wedged loop stops it
+                self.loop.call_every(self.notifier.watchdog_s / 2, self.notifier.watchdog)
 
     def _drop_privileges(self):
         # Undoing a bridge address at exit is netlink work; nothing else after start is.
@@ -208,6 +214,8 @@ class Node:
                 else:
                     self.reload(f"{self.cfg.tls.crl} changed")
         self._tick()
+        if self.notifier is not None:
+            self.notifier.status(self.summary())
 
     # -- revocation ------------------------------------------------------------------
     def reload(self, why: str) -> None:
@@ -258,6 +266,8 @@ class Node:
         if not self.stopping:
             self.stopping = True
             log.info("stopping (%s)", why)
+            if self.notifier is not None:
+                self.notifier.stopping(why)
             self._say_goodbye()
             self.loop.stop()
 
@@ -309,6 +319,10 @@ class Node:
         raise NotImplementedError
 
     def status(self) -> dict:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        """One line for `systemctl status`; cheap, since it is asked every tick."""
         raise NotImplementedError
 
 

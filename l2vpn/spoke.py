@@ -34,8 +34,8 @@ _EXPLAIN = {"storm_broadcast": "broadcasts over the hub's limit of {0.broadcast_
 class Spoke(Node):
     role = "spoke"
 
-    def __init__(self, cfg, loop=None, rng=None):
-        super().__init__(cfg, loop)
+    def __init__(self, cfg, loop=None, rng=None, notifier=None):
+        super().__init__(cfg, loop, notifier)
         self.session = None
         self.rng = rng or random.Random()
         self.backoff_s = cfg.reconnect.initial_s
@@ -155,6 +155,14 @@ class Spoke(Node):
         self._cancel_retry()
         if self.session is not None:
             self.session.goodbye("spoke shutting down", linger_s=0.5)
+
+    def summary(self) -> str:
+        hub = f"hub {self.cfg.hub.address}:{self.cfg.hub.port}"
+        if self.session is not None and self.session.state == UP:
+            return f"connected to {hub}"
+        if self.session is not None:
+            return f"{hub}: {self.session.state}"
+        return f"{hub}: not connected ({self.last_error or 'starting'})"
 
     def status(self) -> dict:
         now = self.loop.clock()

@@ -332,6 +332,28 @@ def test_hub_given_a_spoke_config_is_a_config_error(ca, tmp_path, capsys, monkey
     assert "hub belongs in a spoke config" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("role", ["hub", "spoke"])
+def test_run_starts_the_role_the_config_describes(role, ca, tmp_path, monkeypatch):
+    started = []
+
+    class Recorder:
+        def __init__(self, cfg, notifier=None):
+            started.append((type(self).__name__, cfg.node, notifier))
+
+        def start(self):
+            pass
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(hub, "Hub", type("Hub", (Recorder,), {}))
+    monkeypatch.setattr(spoke, "Spoke", type("Spoke", (Recorder,), {}))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    doc = hub_doc(ca, tmp_path) if role == "hub" else spoke_doc(ca, tmp_path)
+    assert main(["run", "-c", str(write_config(tmp_path, doc))]) == 0
+    assert started == [(role.title(), doc["node"], None)]
+
+
 def refuse(*a, **kw):
     raise AssertionError("a device or socket was opened despite a TLS problem")
 

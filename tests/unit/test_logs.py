@@ -249,3 +249,36 @@ def test_drop_reports_forget_a_subject_entirely():
     assert dr.due(100.0) == []
     dr.update("a", {"runt": 1})                           # a new port of the same name
     assert dr.due(100.0) == [("a", {"runt": 1})]
+
+
+def test_under_journald_lines_carry_a_priority_and_no_timestamp(tmp_path):
+    import os
+    from l2vpn import logs
+    path = tmp_path / "journal"
+    with open(path, "w") as stream:
+        st = os.fstat(stream.fileno())
+        root = logging.getLogger()
+        saved = root.handlers[:]
+        root.handlers = []
+        try:
+            logs.setup(stream=stream, environ={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+            log = logging.getLogger("l2vpn.test")
+            log.warning("two\nlines")
+            log.info("info")
+            log.debug("not shown")
+            log.error("bad")
+        finally:
+            for h in root.handlers:
+                h.flush()
+            root.handlers = saved
+    assert path.read_text() == ("<4>l2vpn.test: two\n<4>lines\n<6>l2vpn.test: info\n"
+                                "<3>l2vpn.test: bad\n")
+
+
+def test_a_journal_stream_of_another_file_keeps_timestamps(tmp_path):
+    from l2vpn import logs
+    with open(tmp_path / "a", "w") as a, open(tmp_path / "b", "w") as b:
+        st = __import__("os").fstat(b.fileno())
+        assert logs.to_journal(a, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}) is False
+        assert logs.to_journal(b, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}) is True
+        assert logs.to_journal(b, {}) is False
