@@ -96,7 +96,6 @@ class LoopGuard:
         self._added = 0
         self._blocks: dict[object, _Block] = {}
         self._seq = 0
-        self._last_round: float | None = None
 
     # -- ports ---------------------------------------------------------------
 
@@ -128,13 +127,8 @@ class LoopGuard:
 
     # -- sending -------------------------------------------------------------
 
-    def due(self, now: float) -> bool:
-        """True when a round of probes should be sent."""
-        return self._last_round is None or now - self._last_round >= self.interval_s
-
     def probes(self, now: float) -> list[tuple]:
         """One probe per port, blocked ones included, as [(port, frame)]; starts a round."""
-        self._last_round = now
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         out = []
         for port, raw in self._names.items():

@@ -205,10 +205,6 @@ class SwitchTable:
             p.blocked = False
             self._ports_changed()
 
-    def is_blocked(self, port) -> bool:
-        p = self._state.get(port)
-        return p is not None and p.blocked
-
     def _ports_changed(self) -> None:
         # Flood tuples are made on first use per ingress port, not here: rebuilding every
         # port's tuple on each change cost O(ports^2) (6 ms per change at 500 spokes).
@@ -350,13 +346,6 @@ class SwitchTable:
             return False
         entry = self._macs.get(mac)
         return entry is not None and entry.home is p
-
-    def lookup(self, mac: bytes, now: float):
-        """The port `mac` lives on, or None if unknown or aged."""
-        entry = self._macs.get(bytes(mac))
-        if entry is None or now - entry.seen > self.aging_s:
-            return None
-        return entry.home.port
 
     def take_flaps(self) -> dict:
         """{mac: (home port, claiming port, frames held)} since the last call."""

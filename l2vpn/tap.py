@@ -24,6 +24,7 @@ from pyroute2 import IPRoute, NetlinkError
 
 from l2vpn.errors import DeviceError
 from l2vpn.frame import ETH_HLEN, VLAN_HLEN, format_mac, is_group
+from l2vpn.offload import VNET_HDR_LEN
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ TUN_F_TSO_ECN = 0x08
 TUN_F_USO4 = 0x20
 TUN_F_USO6 = 0x40
 
-VNET_HDR_LEN = 10  # struct virtio_net_hdr
 IFNAMSIZ = 16
 GSO_MAX_BYTES = 65536
 
@@ -323,10 +323,6 @@ class Tap:
     def read(self) -> bytes:
         """One frame (after its vnet header if any); BlockingIOError when none is queued."""
         return os.read(self.fd, self.read_size)
-
-    def readinto(self, buf) -> int:
-        """One frame into a preallocated buffer of at least read_size bytes."""
-        return os.readv(self.fd, [buf])
 
     def write(self, frame) -> int:
         """One frame, led by its vnet header when vnet_hdr is set."""

@@ -257,21 +257,6 @@ def test_bad_settings_are_refused(kw):
         LoopGuard(**args)
 
 
-# -- due ---------------------------------------------------------------------------
-
-
-def test_due_is_true_at_first_then_every_interval_after_a_round():
-    g = guard()
-    assert g.due(100.0) and g.due(100.0)  # asking does not start a round
-    g.probes(100.0)
-    assert not g.due(100.0)
-    assert not g.due(100.0 + INTERVAL_S - 0.01)
-    assert g.due(100.0 + INTERVAL_S)
-    g.probes(100.7)
-    assert not g.due(100.0 + 2 * INTERVAL_S)
-    assert g.due(100.7 + INTERVAL_S + 0.01)
-
-
 # -- what must never block --------------------------------------------------------
 
 

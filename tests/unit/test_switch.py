@@ -29,13 +29,28 @@ def table(*ports, **kw) -> SwitchTable:
     return t
 
 
+def live_ports(t: SwitchTable, now: float) -> dict:
+    """{mac: port} of the entries alive at `now`, as the hub's status lists them."""
+    return {m: p for m, p, _ in t.entries(now)}
+
+
+def port_of(t: SwitchTable, m: bytes, now: float):
+    """The port `m` lives on, or None if it is unknown or aged."""
+    return live_ports(t, now).get(m)
+
+
+def blocked(t: SwitchTable, port) -> bool:
+    """Whether `port` is cut off by loop detection (False when it is no port)."""
+    return port in t.ports and t.port_info(port)["blocked"]
+
+
 # -- learning and forwarding ---------------------------------------------------
 
 
 def test_learns_source_on_ingress():
     t = table("a", "b")
     t.decide(eth(BROADCAST, mac(1)), "a", 0.0)
-    assert t.lookup(mac(1), 0.0) == "a"
+    assert port_of(t, mac(1), 0.0) == "a"
     assert len(t) == 1
     assert t.counters["learned"] == 1
 
@@ -72,7 +87,7 @@ def test_destination_on_ingress_port_is_dropped_not_hairpinned():
     t.decide(eth(BROADCAST, mac(2)), "a", 0.0)
     assert t.decide(eth(mac(2), mac(1)), "a", 1.0) == ()
     assert t.counters["ingress_hairpin"] == 1
-    assert t.lookup(mac(1), 1.0) == "a"
+    assert port_of(t, mac(1), 1.0) == "a"
 
 
 def test_group_source_is_dropped_and_not_learnt():
@@ -81,7 +96,7 @@ def test_group_source_is_dropped_and_not_learnt():
     assert t.decide(eth(BROADCAST, BROADCAST), "a", 0.0) == ()
     assert t.counters["group_source"] == 2
     assert len(t) == 0
-    assert t.lookup(MCAST, 0.0) is None
+    assert port_of(t, MCAST, 0.0) is None
 
 
 @pytest.mark.parametrize("size, offset, runt", [
@@ -121,8 +136,8 @@ def test_answers_are_precomputed_tuples():
 def test_entry_alive_at_exactly_aging_s_and_gone_after():
     t = table("a", "b", aging_s=10.0)
     t.learn(mac(1), "a", 100.0)
-    assert t.lookup(mac(1), 110.0) == "a"
-    assert t.lookup(mac(1), 110.5) is None
+    assert port_of(t, mac(1), 110.0) == "a"
+    assert port_of(t, mac(1), 110.5) is None
     assert t.entries(110.5) == []
 
 
@@ -144,9 +159,9 @@ def test_traffic_refreshes_the_source():
     t = table("a", "b", aging_s=10.0)
     t.decide(eth(BROADCAST, mac(1)), "a", 0.0)
     t.decide(eth(BROADCAST, mac(1)), "a", 8.0)
-    assert t.lookup(mac(1), 18.0) == "a"
+    assert port_of(t, mac(1), 18.0) == "a"
     assert t.expire(18.0) == 0
-    assert t.lookup(mac(1), 18.5) is None
+    assert port_of(t, mac(1), 18.5) is None
 
 
 def test_expire_removes_only_aged_entries_and_counts():
@@ -159,7 +174,7 @@ def test_expire_removes_only_aged_entries_and_counts():
     assert t.expire(15.5) == 2
     assert t.counters["expired"] == 2
     assert len(t) == 1
-    assert t.lookup(mac(3), 15.5) == "a"
+    assert port_of(t, mac(3), 15.5) == "a"
     assert t.drop_port("b") == 0
     assert t.drop_port("a") == 1
 
@@ -176,7 +191,7 @@ def test_aged_mac_seen_elsewhere_is_relearnt_not_moved():
     t = table("a", "b", aging_s=10.0)
     t.learn(mac(1), "a", 0.0)
     t.decide(eth(BROADCAST, mac(1)), "b", 20.0)
-    assert t.lookup(mac(1), 20.0) == "b"
+    assert port_of(t, mac(1), 20.0) == "b"
     assert t.counters["moves"] == 0
     assert t.drop_port("a") == 0
     assert t.drop_port("b") == 1
@@ -190,13 +205,13 @@ def test_mac_moves_to_the_new_ingress_port():
     t.decide(eth(BROADCAST, mac(1)), "a", 0.0)
     t.decide(eth(BROADCAST, mac(1)), "b", 1.0)
     assert t.counters["moves"] == 1
-    assert t.lookup(mac(1), 1.0) == "b"
+    assert port_of(t, mac(1), 1.0) == "b"
     assert t.decide(eth(mac(1), mac(2)), "c", 2.0) == ("b",)
     assert len(t) == 2
     assert t.drop_port("a") == 0
-    assert t.lookup(mac(1), 2.0) == "b"
+    assert port_of(t, mac(1), 2.0) == "b"
     assert t.drop_port("b") == 1
-    assert t.lookup(mac(1), 2.0) is None
+    assert port_of(t, mac(1), 2.0) is None
 
 
 def test_drop_port_flushes_only_its_macs():
@@ -206,9 +221,9 @@ def test_drop_port_flushes_only_its_macs():
     t.learn(mac(3), "b", 0.0)
     assert t.drop_port("b") == 2
     assert t.counters["flushed"] == 2
-    assert t.lookup(mac(1), 0.0) == "a"
-    assert t.lookup(mac(2), 0.0) is None
-    assert t.lookup(mac(3), 0.0) is None
+    assert port_of(t, mac(1), 0.0) == "a"
+    assert port_of(t, mac(2), 0.0) is None
+    assert port_of(t, mac(3), 0.0) is None
     assert len(t) == 1
 
 
@@ -235,7 +250,7 @@ def test_dropped_port_can_come_back_empty():
     t.drop_port("a")
     t.add_port("a")
     assert t.ports == ("b", "a")
-    assert t.lookup(mac(1), 0.0) is None
+    assert port_of(t, mac(1), 0.0) is None
     assert t.decide(eth(BROADCAST, mac(2)), "b", 0.0) == ("a",)
 
 
@@ -259,7 +274,7 @@ def test_full_table_does_not_learn_new_macs_but_still_forwards():
     assert t.decide(eth(mac(1), mac(3)), "c", 1.0) == ("a",)
     assert t.decide(eth(BROADCAST, mac(3)), "c", 1.0) == ("a", "b")
     assert t.counters["table_full"] == 2
-    assert t.lookup(mac(3), 1.0) is None
+    assert port_of(t, mac(3), 1.0) is None
     assert len(t) == 2
 
 
@@ -267,7 +282,7 @@ def test_full_table_still_refreshes_and_moves_known_macs():
     t = table("a", "b", max_entries=1, aging_s=10.0)
     t.learn(mac(1), "a", 0.0)
     t.decide(eth(BROADCAST, mac(1)), "b", 5.0)
-    assert t.lookup(mac(1), 15.0) == "b"
+    assert port_of(t, mac(1), 15.0) == "b"
     assert t.counters["table_full"] == 0
     assert t.counters["moves"] == 1
 
@@ -293,7 +308,7 @@ def test_offset_skips_a_virtio_net_header():
     # A header of 0xff would read as a broadcast dst and group src if offset were ignored.
     data = b"\xff" * 10 + eth(mac(2), mac(1))
     assert t.decide(data, "a", 0.0, offset=10) == ("b",)
-    assert t.lookup(mac(1), 0.0) == "a"
+    assert port_of(t, mac(1), 0.0) == "a"
     assert t.counters["group_source"] == 0
 
 
@@ -303,7 +318,7 @@ def test_bytes_like_frames(wrap):
     t.learn(mac(2), "b", 0.0)
     buf = wrap(VNET_HDR + eth(mac(2), mac(1)))
     assert t.decide(buf, "a", 0.0, offset=10) == ("b",)
-    assert t.lookup(mac(1), 0.0) == "a"
+    assert port_of(t, mac(1), 0.0) == "a"
     assert all(type(m) is bytes for m, _, _ in t.entries(0.0))
 
 
@@ -312,8 +327,8 @@ def test_learnt_mac_does_not_alias_a_reused_buffer():
     buf = bytearray(eth(BROADCAST, mac(1)))
     t.decide(memoryview(buf), "a", 0.0)
     buf[6:12] = mac(5)
-    assert t.lookup(mac(1), 0.0) == "a"
-    assert t.lookup(mac(5), 0.0) is None
+    assert port_of(t, mac(1), 0.0) == "a"
+    assert port_of(t, mac(5), 0.0) is None
 
 
 def test_real_frame_from_scapy():
@@ -347,7 +362,7 @@ def test_learn_refuses_group_macs_and_unknown_ports():
     assert not t.learn(mac(1), "b", 0.0)
     assert len(t) == 0
     assert t.learn(bytearray(mac(1)), "a", 0.0)
-    assert t.lookup(memoryview(mac(1)), 0.0) == "a"
+    assert port_of(t, mac(1), 0.0) == "a"
 
 
 def test_learn_rejects_a_malformed_mac():
@@ -535,9 +550,10 @@ def test_matches_reference_model(kw, script):
         assert len(t) == len(model.table)
         assert t.counters == model.counters
         assert t.entries(now) == model.entries(now)
+        live = live_ports(t, now)
         for m in MACS:
             e = model.alive(m, now)
-            assert t.lookup(m, now) == (e[0] if e else None)
+            assert live.get(m) == (e[0] if e else None)
 
 
 @settings(max_examples=200, deadline=None)
@@ -603,7 +619,7 @@ def test_new_macs_past_the_port_limit_are_dropped_and_counted():
     assert t.decide(eth(BROADCAST, mac(2)), "a", 0.0) == ("b",)
     assert t.decide(eth(BROADCAST, mac(3)), "a", 0.0) == ()
     assert t.decide(eth(mac(9), mac(4)), "a", 0.0) == ()
-    assert t.lookup(mac(3), 0.0) is None and t.lookup(mac(4), 0.0) is None
+    assert port_of(t, mac(3), 0.0) is None and port_of(t, mac(4), 0.0) is None
     assert t.counters["port_limit"] == 2 and t.counters["learned"] == 2
     assert drops(t, "a") == {"port_limit": 2}
     assert t.port_info("a")["macs"] == 2 and t.port_info("a")["blocked"] is False
@@ -634,7 +650,7 @@ def test_a_move_into_a_full_port_is_refused():
     t.learn(mac(1), "a", 0.0)
     t.learn(mac(2), "b", 0.0)
     assert t.decide(eth(BROADCAST, mac(1)), "b", 1.0) == ()
-    assert t.lookup(mac(1), 1.0) == "a" and t.lookup(mac(2), 1.0) == "b"
+    assert port_of(t, mac(1), 1.0) == "a" and port_of(t, mac(2), 1.0) == "b"
     assert t.counters["moves"] == 0 and drops(t, "b") == {"port_limit": 1}
     assert not t.learn(mac(1), "b", 1.0)
     # an aged MAC is no exception: the full port still has no room for it
@@ -651,7 +667,7 @@ def test_drop_port_frees_the_room_of_the_macs_it_held():
     t.add_port("a")
     assert t.port_info("a")["macs"] == 0
     assert t.decide(eth(BROADCAST, mac(3)), "a", 0.0) == ("b",)
-    assert t.lookup(mac(3), 0.0) == "a"
+    assert port_of(t, mac(3), 0.0) == "a"
     assert t.counters["table_full"] == 0 and len(t) == 2
 
 
@@ -670,7 +686,7 @@ def test_expire_frees_room_on_the_port_but_aged_entries_count_until_then():
     assert t.expire(20.0) == 1
     assert t.port_info("a")["macs"] == 0
     assert t.decide(eth(BROADCAST, mac(2)), "a", 20.0) == ("b",)
-    assert t.lookup(mac(2), 20.0) == "a"
+    assert port_of(t, mac(2), 20.0) == "a"
 
 
 def test_port_limit_and_global_cap_together():
@@ -699,7 +715,7 @@ def test_a_move_within_the_holddown_is_held_and_noted():
     t = table("a", "b", "c", holddown_s=5.0)
     t.decide(eth(BROADCAST, mac(1)), "a", 0.0)
     assert t.decide(eth(BROADCAST, mac(1)), "b", 4.9) == ()
-    assert t.lookup(mac(1), 4.9) == "a"
+    assert port_of(t, mac(1), 4.9) == "a"
     assert t.counters["move_held"] == 1 and t.counters["moves"] == 0
     assert drops(t, "b") == {"move_held": 1} and drops(t, "a") == {}
     # traffic to it still goes to its home
@@ -712,7 +728,7 @@ def test_the_holddown_runs_from_the_home_ports_last_frame():
     t.decide(eth(BROADCAST, mac(1)), "a", 3.0)                  # the home refreshes it
     assert t.decide(eth(BROADCAST, mac(1)), "b", 7.9) == ()     # 4.9 s after a's frame
     assert t.decide(eth(BROADCAST, mac(1)), "b", 8.0) == ("a",)  # 5 s: it moves
-    assert t.lookup(mac(1), 8.0) == "b"
+    assert port_of(t, mac(1), 8.0) == "b"
     assert t.counters["moves"] == 1
     assert t.port_info("a")["macs"] == 0 and t.port_info("b")["macs"] == 1
 
@@ -730,7 +746,7 @@ def test_holddown_zero_moves_at_once():
     assert t.holddown_s == 0.0
     t.decide(eth(BROADCAST, mac(1)), "a", 0.0)
     assert t.decide(eth(BROADCAST, mac(1)), "b", 0.0) == ("a",)
-    assert t.lookup(mac(1), 0.0) == "b" and t.counters["moves"] == 1
+    assert port_of(t, mac(1), 0.0) == "b" and t.counters["moves"] == 1
     assert t.take_flaps() == {}
 
 
@@ -738,7 +754,7 @@ def test_an_aged_entry_moves_freely_despite_the_holddown():
     t = table("a", "b", aging_s=2.0, holddown_s=5.0)
     t.decide(eth(BROADCAST, mac(1)), "a", 0.0)
     assert t.decide(eth(BROADCAST, mac(1)), "b", 2.5) == ("a",)
-    assert t.lookup(mac(1), 2.5) == "b"
+    assert port_of(t, mac(1), 2.5) == "b"
     assert t.counters["moves"] == 0 and t.counters["move_held"] == 0
     assert t.take_flaps() == {}
 
@@ -747,7 +763,7 @@ def test_learn_respects_the_holddown():
     t = table("a", "b", holddown_s=5.0)
     assert t.learn(mac(1), "a", 0.0)
     assert not t.learn(mac(1), "b", 1.0)
-    assert t.lookup(mac(1), 1.0) == "a"
+    assert port_of(t, mac(1), 1.0) == "a"
     assert t.learn(mac(1), "b", 6.0)
 
 
@@ -905,7 +921,7 @@ def test_guards_drop_server_messages_from_untrusted_ports():
     assert t.decide(dhcp_offer(mac(2)), "site-b", 0.0) == ()
     assert t.decide(router_advert(mac(2)), "site-b", 0.0) == ()
     assert drops(t, "site-b") == {"dhcp_guard": 1, "ra_guard": 1}
-    assert t.lookup(mac(2), 0.0) is None                    # dropped before learning
+    assert port_of(t, mac(2), 0.0) is None                  # dropped before learning
     assert t.decide(dhcp_offer(mac(1)), "site-a", 0.0) == ("site-b", "hub")
     assert t.decide(router_advert(mac(1)), "site-a", 0.0) == ()
     assert drops(t, "site-a") == {"ra_guard": 1}
@@ -984,8 +1000,8 @@ def test_a_blocked_port_gets_nothing_and_sends_nothing():
     t.learn(mac(3), "b", 0.0)
     t.learn(mac(1), "a", 0.0)
     assert t.block("b") == 2                                   # its MACs are forgotten
-    assert t.is_blocked("b") and not t.is_blocked("a") and not t.is_blocked("zz")
-    assert t.lookup(mac(2), 0.0) is None and t.lookup(mac(1), 0.0) == "a"
+    assert blocked(t, "b") and not blocked(t, "a") and not blocked(t, "zz")
+    assert port_of(t, mac(2), 0.0) is None and port_of(t, mac(1), 0.0) == "a"
     assert t.port_info("b")["macs"] == 0 and len(t) == 1
     assert t.counters["flushed"] == 2
     assert t.decide(eth(BROADCAST, mac(1)), "a", 0.0) == ("c",)
@@ -993,7 +1009,7 @@ def test_a_blocked_port_gets_nothing_and_sends_nothing():
     assert t.decide(eth(mac(2), mac(1)), "a", 0.0) == ("c",)    # found again by flooding
     assert t.decide(eth(BROADCAST, mac(5)), "b", 0.0) == ()
     assert t.decide(eth(mac(1), mac(2)), "b", 0.0) == ()
-    assert t.lookup(mac(5), 0.0) is None and t.lookup(mac(2), 0.0) is None
+    assert port_of(t, mac(5), 0.0) is None and port_of(t, mac(2), 0.0) is None
     assert drops(t, "b") == {"blocked": 2} and drops(t, "a") == {}
     assert t.counters["blocked"] == 2
     assert t.port_info("b")["blocked"] is True
@@ -1027,7 +1043,7 @@ def test_unblock_does_not_bring_back_the_macs():
     t.learn(mac(2), "b", 0.0)
     t.block("b")
     t.unblock("b")
-    assert t.lookup(mac(2), 0.0) is None
+    assert port_of(t, mac(2), 0.0) is None
 
 
 def test_block_and_unblock_apply_to_flood_answers_already_made():
@@ -1050,7 +1066,7 @@ def test_unblock_restores_the_port():
     assert before == ("c",)
     assert t.decide(eth(BROADCAST, mac(1)), "a", 0.0) == ("b", "c")
     assert t.decide(eth(BROADCAST, mac(2)), "b", 0.0) == ("a", "c")
-    assert not t.is_blocked("b")
+    assert not blocked(t, "b")
 
 
 def test_block_unknown_port_is_a_bug():
@@ -1273,7 +1289,7 @@ class SwitchFuzz(RuleBasedStateMachine):
     def learn(self, mac_, port, dt):
         self.now += dt
         if self.t.learn(mac_, port, self.now):
-            assert self.t.lookup(mac_, self.now) == port
+            assert port_of(self.t, mac_, self.now) == port
 
     @rule(dt=st.sampled_from((0.0, 5.0, 11.0)))
     def expire(self, dt):
@@ -1297,7 +1313,7 @@ class SwitchFuzz(RuleBasedStateMachine):
         for p, macs in per_port.items():
             assert len(macs) <= F_LIMIT
             assert t.port_info(p)["macs"] == len(macs)
-            assert t.is_blocked(p) == (p in self.blocked)
+            assert blocked(t, p) == (p in self.blocked)
         union = set().union(*per_port.values()) if per_port else set()
         assert union == set(t._macs)
         assert sum(len(m) for m in per_port.values()) == len(t._macs)   # disjoint
@@ -1309,8 +1325,9 @@ class SwitchFuzz(RuleBasedStateMachine):
         for reason in switch.DROPS:
             assert sum(t.port_info(p)["drops"][reason] for p in self.current) \
                 <= t.counters[reason]
+        live = live_ports(t, self.now)
         for m in F_MACS:
-            found = t.lookup(m, self.now)
+            found = live.get(m)
             assert found is None or found in self.current
 
 
