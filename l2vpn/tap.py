@@ -320,14 +320,6 @@ class Tap:
         body = GSO_MAX_BYTES if self.offloads else self.mtu
         return (VNET_HDR_LEN if self.vnet_hdr else 0) + body + ETH_HLEN + 2 * VLAN_HLEN
 
-    def read(self) -> bytes:
-        """One frame (after its vnet header if any); BlockingIOError when none is queued."""
-        return os.read(self.fd, self.read_size)
-
-    def write(self, frame) -> int:
-        """One frame, led by its vnet header when vnet_hdr is set."""
-        return os.write(self.fd, frame)
-
     def fileno(self) -> int:
         return self.fd
 

@@ -220,7 +220,7 @@ class Pump(threading.Thread):
     def _drain(self, src: Tap, dst: Tap, record: bool = False) -> None:
         for _ in range(64):
             try:
-                frame = src.read()
+                frame = os.read(src.fd, src.read_size)
             except BlockingIOError:
                 return
             if record:
@@ -236,7 +236,7 @@ class Pump(threading.Thread):
                     self.cond.notify_all()
             if frame is not None:
                 with contextlib.suppress(OSError):
-                    dst.write(frame)
+                    os.write(dst.fd, frame)
 
     def hold(self) -> None:
         with self.cond:
@@ -247,7 +247,7 @@ class Pump(threading.Thread):
             held, self._held = self._held or [], None
         for frame in held:
             with contextlib.suppress(OSError):
-                self.b.write(frame)
+                os.write(self.b.fd, frame)
 
     def mark(self) -> int:
         """A position in the record; wait_for() looks only after it."""
@@ -600,10 +600,10 @@ class Segmenter:
         marker = eth + struct.pack(">HQ", MARKER_TYPE, self._nonce) + bytes(36)
         refused = False
         try:
-            self.vnet.write(frame)
+            os.write(self.vnet.fd, frame)
         except OSError:
             refused = True
-        self.vnet.write(PLAIN_HDR + marker)
+        os.write(self.vnet.fd, PLAIN_HDR + marker)
         got: list[bytes] = []
         deadline = time.monotonic() + WAIT_S
         while True:
@@ -612,7 +612,7 @@ class Segmenter:
                 raise CaptureError("the marker frame never came through the bridge")
             select.select([self.plain.fd], [], [], left)
             try:
-                out = self.plain.read()
+                out = os.read(self.plain.fd, self.plain.read_size)
             except BlockingIOError:
                 continue
             if out == marker:
@@ -625,7 +625,7 @@ class Segmenter:
     def _drain(self) -> None:
         with contextlib.suppress(BlockingIOError):
             while True:
-                self.plain.read()
+                os.read(self.plain.fd, self.plain.read_size)
 
 
 # ------------------------------------------------------------------ synthetic frames
