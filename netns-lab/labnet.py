@@ -268,6 +268,21 @@ def cleanup_leftovers(prefix: str, workdir: Path | None = None) -> list[str]:
     return gone
 
 
+def sweep_dead_runs(tag: str, say=None) -> list[str]:
+    """Remove the namespaces of earlier runs (named by unique_prefix(tag)) whose process
+    is gone; returns their prefixes."""
+    dead = []
+    for ns in netns.listnetns():
+        m = re.match(rf"^({re.escape(tag)}(\d+)x\d+-)", ns)
+        if m and m.group(1) not in dead and not Path(f"/proc/{m.group(2)}").exists():
+            dead.append(m.group(1))
+    for prefix in dead:
+        if say:
+            say(f"removing leftovers of a dead run: {prefix}*")
+        cleanup_leftovers(prefix)
+    return dead
+
+
 # ------------------------------------------------------------------------ raw frames
 
 

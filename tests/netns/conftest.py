@@ -8,7 +8,6 @@ and a failed test prints the daemons' log tails.
 """
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -50,26 +49,13 @@ def _dump_logs(lab, why: str) -> None:
                         if "pyroute2" not in line)[-4000:])
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _sweep_dead_runs():
     """Remove namespaces left by earlier test runs whose process is gone."""
     if os.geteuid() != 0 or not labnet.NETNS_DIR.exists():
         yield
         return
-    for ns in labnet.netns.listnetns():
-        m = re.match(r"^(l2t(\d+)x\d+-)", ns)
-        if m and not _pid_alive(int(m.group(2))):
-            labnet.cleanup_leftovers(m.group(1))
+    labnet.sweep_dead_runs("l2t")
     yield
 
 

@@ -41,7 +41,7 @@ def test_not_root_is_one_line(tool):
     with tempfile.TemporaryDirectory(prefix="l2vpn-notroot-") as top:
         folder = Path(top) / "netns-lab"
         folder.mkdir()
-        for name in (tool, "bootstrap.py"):
+        for name in (tool, "bootstrap.py", "benchkit.py"):
             shutil.copy(LAB_DIR / name, folder / name)
         for path in (Path(top), folder, *folder.iterdir()):
             path.chmod(0o755)
