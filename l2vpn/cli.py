@@ -80,19 +80,34 @@ def cmd_check(args) -> int:
     return EXIT_OK
 
 
-def cmd_status(args) -> int:
-    from l2vpn.management import query
+def _socket_of(args):
+    """The management socket -s names, or -c's config does, or the one in /run/l2vpn."""
     path = args.socket
     if path is None and args.config:
         path = _load(args.config, detect_role(args.config)).management.socket
     if path is None:
         path = _default_socket()
-    reply = query(path)
+    return path
+
+
+def cmd_status(args) -> int:
+    from l2vpn.management import query
+    reply = query(_socket_of(args))
     if args.json:
         print(json.dumps(reply, indent=2))
     else:
         print(render_status(reply))
     return EXIT_OK if "error" not in reply else EXIT_FAIL
+
+
+def cmd_metrics(args) -> int:
+    from l2vpn.management import query
+    reply = query(_socket_of(args), "metrics")
+    if "metrics" not in reply:
+        print(f"error: {reply.get('error', 'the node sent no metrics')}", file=sys.stderr)
+        return EXIT_FAIL
+    sys.stdout.write(reply["metrics"])
+    return EXIT_OK
 
 
 def _default_socket():
@@ -264,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
     v.add_argument("--json", action="store_true", help="print the raw JSON")
     v.set_defaults(func=cmd_status)
+
+    v = verbs.add_parser("metrics", help="print a running node's Prometheus metrics",
+                         description="Ask a running hub or spoke over its management socket "
+                                     "for what GET /metrics answers (Prometheus text format).")
+    v.add_argument("-s", "--socket", metavar="SOCKET",
+                   help="management socket (default: the one in /run/l2vpn)")
+    v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+    v.set_defaults(func=cmd_metrics)
 
     v = verbs.add_parser("pki", help="make a CA, certificates and the CRL",
                          description="A small CA for l2vpn (certificates from openssl or "

@@ -96,6 +96,20 @@ class ManagementConfig:
 
 
 @dataclass(frozen=True)
+class HostPort:
+    host: str   # an IP literal
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: HostPort | None = None  # None: no HTTP endpoint (`l2vpn metrics` still answers)
+
+
+@dataclass(frozen=True)
 class KeepaliveConfig:
     interval_s: float = 5.0
     timeout_s: float = 20.0
@@ -119,6 +133,7 @@ class HubConfig:
     keepalive: KeepaliveConfig
     user: str | None = None   # drop to this user once TAP and sockets are open
     group: str | None = None
+    metrics: MetricsConfig = MetricsConfig()
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,7 @@ class SpokeConfig:
     reconnect: ReconnectConfig
     user: str | None = None
     group: str | None = None
+    metrics: MetricsConfig = MetricsConfig()
 
 
 # --- checks: each takes the YAML value and the config folder, returns the parsed value
@@ -209,6 +225,26 @@ def ip_literal(value, base) -> str:
         return str(ipaddress.ip_address(value if isinstance(value, str) else None))
     except ValueError:
         raise Invalid("an IPv4 or IPv6 address like 0.0.0.0 or '::'") from None
+
+
+_HOST_PORT = re.compile(r"\[([^\[\]]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})")
+
+
+def host_port(value, base) -> HostPort:
+    """HOST:PORT with an IP literal for HOST; an IPv6 one in brackets, [::1]:9477."""
+    expected = "an address and port like 127.0.0.1:9477 or [::1]:9477"
+    m = _HOST_PORT.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise Invalid(expected)
+    bracketed = m.group(1) is not None
+    text, port = (m.group(1), m.group(2)) if bracketed else (m.group(3), m.group(4))
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise Invalid(expected) from None
+    if (addr.version == 6) != bracketed or not 1 <= int(port) <= 65535:
+        raise Invalid(expected)
+    return HostPort(str(addr), int(port))
 
 
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -465,6 +501,12 @@ SECTIONS: tuple[Section, ...] = (
         roles=frozenset({"spoke"}),
         default=lambda top: ReconnectConfig(),
         relate=_reconnect_relation,
+    ),
+    Section(
+        "metrics",
+        (Key("listen", host_port),),
+        MetricsConfig,
+        default=lambda top: MetricsConfig(),
     ),
 )
 

@@ -34,7 +34,8 @@ from l2vpn.node import Node
 from l2vpn.loop import READ
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN
 from l2vpn.switch import DROP, PROBE, SwitchTable
-from l2vpn.transport import CLOSED, Session, format_addr, listen
+from l2vpn.transport import (CLOSED, FAILURES, NAME_MISMATCH, PROTOCOL, UNTRUSTED, Session,
+                             format_addr, listen)
 from l2vpn.wire import CAP_FLOOD_LIMITS, CAP_VNET_HDR
 
 log = logging.getLogger("l2vpn.hub")
@@ -77,6 +78,8 @@ class Hub(Node):
         self.throttled = {}       # port -> times throttled
         self.throttle_log = RateLimitedLog(log, burst=1, window_s=REPORT_S)
         self.listener = None
+        self.handshakes = 0       # connections a handshake began on
+        self.handshake_failures = dict.fromkeys(FAILURES, 0)   # by transport.FAILURES
 
     def _start(self):
         _raise_fd_limit()
@@ -115,6 +118,7 @@ class Hub(Node):
                                       format_addr(addr))
                 continue
             sock.setblocking(False)
+            self.handshakes += 1
             session = Session(
                 self.loop, sock, format_addr(addr), context=self.context, server_side=True,
                 node=self.cfg.node, mtu=self._mtu(),
@@ -131,16 +135,20 @@ class Hub(Node):
         try:
             cn = pki.peer_common_name(session.tls)
         except PKIError as e:
+            session.failure = UNTRUSTED
             return f"refused: {e}"
         if not NODE_NAME.fullmatch(cn):
+            session.failure = NAME_MISMATCH
             return f"refused: certificate CN {cn!r} is not a valid node name"
         if cn == HUB_PORT and self.tap is not None:
+            session.failure = NAME_MISMATCH
             return f"refused: CN {cn!r} is the name of the hub's own TAP port"
         session.cn = cn
         return self.revoked(session)
 
     def _on_up(self, session):
         if session.name != session.cn:
+            session.failure = NAME_MISMATCH
             return (f"refused: hello names node {session.name!r} but the certificate CN is "
                     f"{session.cn!r}; set node: {session.cn} in the spoke's config")
         if session.peer.mtu != self._mtu():
@@ -170,6 +178,8 @@ class Hub(Node):
             flushed = self._drop_port(session)
             log.info("spoke %s down: %s (%d MACs flushed)", session.cn, reason, flushed)
         elif session.up_since is None:
+            if not self.stopping:
+                self.handshake_failures[session.failure or PROTOCOL] += 1
             self.refusals.warning("refused", "session from %s refused: %s",
                                   session.remote, reason.removeprefix("refused: "))
 

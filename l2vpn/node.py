@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 
-from l2vpn import pki, privilege
+from l2vpn import metrics, pki, privilege
 from l2vpn import tap as tapdev
 from l2vpn.errors import ConfigError, PKIError
 from l2vpn.frame import format_mac
@@ -24,7 +24,7 @@ from l2vpn.logs import RateLimitedLog
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, needs_work
 from l2vpn.loop import READ, EventLoop
 from l2vpn.management import ManagementServer
-from l2vpn.transport import UP, plain_frames
+from l2vpn.transport import REVOKED, UP, plain_frames
 
 log = logging.getLogger("l2vpn.node")
 
@@ -139,6 +139,8 @@ class Node:
         self.revocations = None   # pki.Revocations when tls.crl is set
         self._crl_stamp = None
         self.identity = None      # privilege.Identity when user: is set
+        self.metrics_registry = None   # made on the first scrape or `metrics` request
+        self.metrics_server = None     # metrics.MetricsServer when metrics.listen is set
 
     def open_tap(self, tap_cfg, port_name, on_frame) -> TapPort:
         mac = tap_cfg.mac or tapdev.derive_mac(self.cfg.node, tap_cfg.name)
@@ -167,6 +169,12 @@ class Node:
             self.management = ManagementServer(self.loop, self.cfg.management.socket,
                                                self._request)
             self._closers.append(self.management.close)
+            listen = self.cfg.metrics.listen
+            if listen is not None:   # before the privilege drop: a port < 1024 needs root
+                self.metrics_server = metrics.MetricsServer(self.loop, listen.host,
+                                                            listen.port, self.metrics_text)
+                self._closers.append(self.metrics_server.close)
+                log.info("metrics on http://%s/metrics", listen)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self.loop.on_signal(signum, lambda s=signum: self.stop(signal.Signals(s).name))
             self.loop.on_signal(signal.SIGHUP, lambda: self.reload("SIGHUP"))
@@ -247,6 +255,7 @@ class Node:
         except PKIError as e:
             return f"refused: {e}"
         if self.revocations is not None and self.revocations.is_revoked(session.serial):
+            session.failure = REVOKED
             return (f"refused: certificate of {session.cn or session.remote} (serial "
                     f"0x{session.serial:x}) is revoked by {self.cfg.tls.crl}")
         return None
@@ -283,7 +292,15 @@ class Node:
     def _request(self, command: str) -> dict:
         if command == "status":
             return self.status()
-        return {"error": f"unknown request {command!r} (try: status)"}
+        if command == "metrics":
+            return {"metrics": self.metrics_text().decode()}
+        return {"error": f"unknown request {command!r} (try: status, metrics)"}
+
+    def metrics_text(self) -> bytes:
+        """The Prometheus text format of this node, read from its live state now."""
+        if self.metrics_registry is None:
+            self.metrics_registry = metrics.make_registry(self)
+        return metrics.render(self.metrics_registry)
 
     def base_status(self) -> dict:
         now = self.loop.clock()

@@ -41,6 +41,7 @@ class Spoke(Node):
         self.backoff_s = cfg.reconnect.initial_s
         self.next_attempt = None
         self.last_error = None
+        self.reconnects = 0       # retries scheduled after a failed attempt or a lost session
         self._retry_timer = None
         self.limiter = None       # storm.FloodLimiter while the hub's limits are in force
         self.limits = None        # wire.Limits the hub sent last, kept for the log
@@ -112,6 +113,7 @@ class Spoke(Node):
 
     def _retry(self, reason):
         self.last_error = reason
+        self.reconnects += 1
         delay = min(self.backoff_s, self.cfg.reconnect.max_s)
         delay *= 1 + self.rng.uniform(-JITTER, JITTER)
         self.backoff_s = min(self.backoff_s * 2, self.cfg.reconnect.max_s)

@@ -74,6 +74,36 @@ HELLO = "hello"
 UP = "up"
 CLOSED = "closed"
 
+# Why a session failed before it came up: a small fixed set, for counting (metrics).
+NO_CERTIFICATE = "no_certificate"
+UNTRUSTED = "untrusted"
+REVOKED = "revoked"
+EXPIRED = "expired"
+NAME_MISMATCH = "name_mismatch"
+TIMEOUT = "timeout"
+PROTOCOL = "protocol"
+FAILURES = (NO_CERTIFICATE, UNTRUSTED, REVOKED, EXPIRED, NAME_MISMATCH, TIMEOUT, PROTOCOL)
+
+# OpenSSL verify codes (X509_V_ERR_*) and alert reasons that say more than "untrusted".
+_VERIFY_FAILURE = {9: EXPIRED, 10: EXPIRED, 23: REVOKED, 62: NAME_MISMATCH}
+_ALERT_FAILURE = {"SSLV3_ALERT_CERTIFICATE_EXPIRED": EXPIRED,
+                  "SSLV3_ALERT_CERTIFICATE_REVOKED": REVOKED,
+                  "TLSV1_ALERT_UNKNOWN_CA": UNTRUSTED,
+                  "SSLV3_ALERT_BAD_CERTIFICATE": UNTRUSTED,
+                  "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": UNTRUSTED,
+                  "TLSV13_ALERT_CERTIFICATE_REQUIRED": NO_CERTIFICATE,
+                  "PEER_DID_NOT_RETURN_A_CERTIFICATE": NO_CERTIFICATE,
+                  "CERTIFICATE_VERIFY_FAILED": UNTRUSTED}
+
+
+def tls_failure(e: BaseException) -> str:
+    """Which of FAILURES a failed TLS handshake was."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return _VERIFY_FAILURE.get(e.verify_code, UNTRUSTED)
+    if isinstance(e, ssl.SSLError):
+        return _ALERT_FAILURE.get(e.reason or "", PROTOCOL)
+    return PROTOCOL
+
 
 def listen(address: str, port: int) -> socket.socket:
     """A non-blocking TCP listener; a port in use becomes one clear TransportError."""
@@ -220,6 +250,7 @@ class Session:
         self.peer = None
         self.state = CONNECTING
         self.close_reason = None
+        self.failure = None      # one of FAILURES, set where a handshake or hello fails
         self.created = loop.clock()
         self.up_since = None
         self.last_rx = self.last_tx = self.created
@@ -285,6 +316,7 @@ class Session:
             return
         except (ssl.SSLError, ValueError) as e:
             self._send_cipher()   # the alert tells the peer why, where it can
+            self.failure = tls_failure(e)
             self.close(f"handshake refused: {ssl_reason(e)}")
             return
         if self._send_cipher() is None:
@@ -302,6 +334,7 @@ class Session:
 
     def _handshake_timeout(self):
         if self.state in (CONNECTING, HANDSHAKE, HELLO):
+            self.failure = TIMEOUT
             self.close(f"no {'connection' if self.state == CONNECTING else 'handshake'} "
                        f"within {HANDSHAKE_TIMEOUT_S:g} s")
 
@@ -354,6 +387,7 @@ class Session:
             except ssl.SSLError as e:
                 self._send_cipher()
                 if self.state == HELLO and not self.server_side:
+                    self.failure = tls_failure(e)
                     self.close(f"hub refused us: {ssl_reason(e)}")
                 else:
                     self.close(f"TLS error: {ssl_reason(e)}")

@@ -145,10 +145,10 @@ ERRORS = [
     ("hub", with_changes(HUB, tap={"nmae": "x", "name": "t0"}),
      "tap.nmae: unknown key (expected one of: name, mtu, address, bridge, mac, offload)"),
     ("hub", with_changes(HUB, colour="blue"),
-     "colour: unknown key in a hub config (expected one of: node, user, group, listen, tls, tap, switch, management, keepalive)"),
+     "colour: unknown key in a hub config (expected one of: node, user, group, listen, tls, tap, switch, management, keepalive, metrics)"),
     ("hub", with_changes(HUB, reconnect={"initial_s": 1}),
      "reconnect: unknown key in a hub config (expected one of: node, user, group, listen, tls, tap, switch, management, "
-     "keepalive); reconnect belongs in a spoke config"),
+     "keepalive, metrics); reconnect belongs in a spoke config"),
     ("hub", with_changes(HUB, listen={"port": "abc"}), "listen.port: expected an integer 1-65535, got 'abc'"),
     ("hub", with_changes(HUB, listen={"port": True}), "listen.port: expected an integer 1-65535, got true"),
     ("hub", with_changes(HUB, listen={"port": 0}), "listen.port: expected an integer 1-65535, got 0"),
@@ -204,7 +204,7 @@ ERRORS = [
      "hub.address: expected an IP address or DNS name like 198.18.0.1 or hub.example.net, got 'hub_1.example'"),
     ("spoke", with_changes(SPOKE, listen={"port": 1}),
      "listen: unknown key in a spoke config (expected one of: node, user, group, hub, tls, tap, management, keepalive, "
-     "reconnect); listen belongs in a hub config"),
+     "reconnect, metrics); listen belongs in a hub config"),
     ("spoke", with_changes(SPOKE, reconnect={"initial_s": 0}),
      "reconnect.initial_s: expected a number of seconds > 0, got 0"),
     ("spoke", with_changes(SPOKE, reconnect={"initial_s": 10, "max_s": 5}),
@@ -483,7 +483,7 @@ def test_switch_keys_are_refused_in_a_spoke_config(tmp_path, key, value):
     path = write(tmp_path, with_changes(SPOKE, switch={key: value}))
     assert problems(path, "spoke") == [
         f"{path}: switch: unknown key in a spoke config (expected one of: node, user, group, hub, "
-        "tls, tap, management, keepalive, reconnect); switch belongs in a hub config"]
+        "tls, tap, management, keepalive, reconnect, metrics); switch belongs in a hub config"]
 
 
 def test_a_bad_user_with_a_group_is_one_problem(tmp_path):

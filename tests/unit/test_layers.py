@@ -15,7 +15,7 @@ PURE_MAY_IMPORT = {"frame", "errors", "guard", "storm"}
 FORBIDDEN_IN_PURE = {"socket", "ssl", "fcntl", "threading", "time", "selectors", "pyroute2",
                      "scapy", "os", "asyncio", "subprocess", "signal"}
 LOW = ("frame", "errors", "wire", "switch", "offload", "config")
-HIGH = {"tap", "transport", "hub", "spoke", "node", "management", "cli", "loop"}
+HIGH = {"tap", "transport", "hub", "spoke", "node", "management", "metrics", "cli", "loop"}
 
 
 def imports_of(source: str) -> set[str]:
