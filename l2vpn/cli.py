@@ -172,9 +172,41 @@ def render_status(s: dict) -> str:
         lines.append("")
         lines.append(f"mac table ({len(macs)})")
         if macs:
-            lines += _table(("MAC", "PORT", "AGE"),
-                            [(m["mac"], m["port"], f"{m['age_s']:.1f}s") for m in macs])
+            lines += _mac_table(macs)
     return "\n".join(lines)
+
+
+def _mac_table(macs: list[dict]) -> list[str]:
+    return _table(("MAC", "PORT", "AGE", "IPS"),
+                  [(m["mac"], m["port"], f"{m['age_s']:.1f}s", " ".join(m.get("ips", [])))
+                   for m in macs])
+
+
+def cmd_macs(args) -> int:
+    from l2vpn.management import query
+    reply = query(_socket_of(args))
+    if "error" in reply:
+        print(f"error: {reply['error']}", file=sys.stderr)
+        return EXIT_FAIL
+    if "macs" not in reply:
+        print(f"error: {reply.get('node', 'this node')} is a spoke; its hub knows the hosts",
+              file=sys.stderr)
+        return EXIT_FAIL
+    macs = [m for m in reply["macs"] if _host_matches(m, args)]
+    if args.json:
+        print(json.dumps(macs, indent=2))
+    elif macs:
+        print("\n".join(_mac_table(macs)))
+    return EXIT_OK if macs else EXIT_FAIL
+
+
+def _host_matches(m: dict, args) -> bool:
+    """The filters of `l2vpn macs`: every one given must hold."""
+    if args.port and m["port"] not in args.port:
+        return False
+    if args.mac and m["mac"] != args.mac:
+        return False
+    return not args.ip or args.ip in m.get("ips", [])
 
 
 def _protection(s: dict) -> list[str]:
@@ -249,6 +281,22 @@ def _certificates(n: int) -> str:
     return f"{n} revoked certificate{'' if n == 1 else 's'}"
 
 
+def _mac_arg(text: str) -> str:
+    from l2vpn.frame import format_mac, parse_mac
+    try:
+        return format_mac(parse_mac(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a MAC address: {text!r}") from None
+
+
+def _ip_arg(text: str) -> str:
+    import ipaddress
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="l2vpn", description="Hub-and-spoke layer-2 Ethernet VPN over mutual TLS.")
@@ -279,6 +327,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
     v.add_argument("--json", action="store_true", help="print the raw JSON")
     v.set_defaults(func=cmd_status)
+
+    v = verbs.add_parser("macs", help="find hosts: which port a MAC or IP address is behind",
+                         description="List the hub's MAC table with the IP addresses each MAC "
+                                     "was seen using (ARP, neighbour discovery, DHCP), "
+                                     "filtered. Exit 0 when something matched, 1 when not.")
+    v.add_argument("-s", "--socket", metavar="SOCKET",
+                   help="management socket (default: the one in /run/l2vpn)")
+    v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+    v.add_argument("--port", action="append", metavar="P",
+                   help="only MACs behind this port (a node name, or hub); repeatable")
+    v.add_argument("--mac", type=_mac_arg, metavar="M", help="only this MAC")
+    v.add_argument("--ip", type=_ip_arg, metavar="ADDRESS", help="only the MAC(s) using it")
+    v.add_argument("--json", action="store_true", help="print the matching entries as JSON")
+    v.set_defaults(func=cmd_macs)
 
     v = verbs.add_parser("metrics", help="print a running node's Prometheus metrics",
                          description="Ask a running hub or spoke over its management socket "

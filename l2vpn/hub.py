@@ -26,6 +26,7 @@ import os
 import resource
 
 from l2vpn import guard, loopguard, pki
+from l2vpn.hosts import HostTable
 from l2vpn.config import NODE_NAME
 from l2vpn.errors import PKIError
 from l2vpn.frame import format_mac
@@ -47,6 +48,8 @@ MAX_PENDING = 1024    # handshakes in progress; past it new connections are clos
 REPORT_S = 10.0
 REFUSED_PER_PASS = 128   # half a read's frames (transport.FRAME_BUDGET, node.TAP_BUDGET)
 THROTTLE_S = 0.01
+ETHERTYPE = VNET_HDR_LEN + 12           # frames on the data path lead with a vnet header
+IP4_PROTO = VNET_HDR_LEN + 14 + 9       # an untagged IPv4 packet's protocol byte
 # accept() errors that will repeat until something is freed: rest instead of spinning
 _EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -68,6 +71,8 @@ class Hub(Node):
             intercept=loopguard.PROBE_DST if sw.loop_detection else None,
             probe_pps=loopguard.PROBE_PPS)
         self.loops = loopguard.LoopGuard(os.urandom(32)) if sw.loop_detection else None
+        self.hosts = HostTable(max_macs=sw.max_entries)   # MAC -> the IPs it uses
+        self._hosts_stale = False   # MACs were forgotten: drop their addresses at the tick
         self.sessions = {}        # CN -> Session, only sessions that are up
         self.pending = set()      # handshaking or waiting for the hello
         self.refusals = RateLimitedLog(log)
@@ -205,19 +210,27 @@ class Hub(Node):
         self.drop_reports.forget(port)
         self.throttled.pop(port, None)
         self._refused.pop(port, None)
+        self._hosts_stale = True
         return self.switch.drop_port(port)
 
     # -- data path -------------------------------------------------------------------
     def _forward(self, source, frame):
         ports = self.switch.decide(frame, source, self.loop.clock(), VNET_HDR_LEN)
+        if ports is DROP:
+            n = self._refused.get(source, 0) + 1
+            self._refused[source] = n
+            if n == 1:
+                self.loop.want_flush("throttle", self._throttle)
+            return
+        if ports is PROBE:
+            self._apply(self.loops.on_probe(frame, VNET_HDR_LEN, source, self.loop.clock()))
+            return
+        # Hosts: only ARP, IPv6 and IPv4 UDP can prove an address; a TCP frame is turned
+        # away by two byte compares.
+        if frame[ETHERTYPE] != 0x08 or frame[ETHERTYPE + 1] != 0x00 or \
+                (len(frame) > IP4_PROTO and frame[IP4_PROTO] == 17):
+            self.hosts.observe(frame, VNET_HDR_LEN)
         if not ports:
-            if ports is DROP:
-                n = self._refused.get(source, 0) + 1
-                self._refused[source] = n
-                if n == 1:
-                    self.loop.want_flush("throttle", self._throttle)
-            elif ports is PROBE:
-                self._apply(self.loops.on_probe(frame, VNET_HDR_LEN, source, self.loop.clock()))
             return
         for port in ports:
             port.send_frame(frame)
@@ -261,13 +274,16 @@ class Hub(Node):
                 # Hosts behind `port` were learnt on `other` through the loop: forget them.
                 self.switch.unblock(port)
                 self.switch.flush(other)
+                self._hosts_stale = True
                 log.warning("loop between ports %s and %s gone: unblocking %s", other_name,
                             name, name)
 
     # -- housekeeping ----------------------------------------------------------------
     def _tick(self):
         now = self.loop.clock()
-        self.switch.expire(now)
+        if self.switch.expire(now) or self._hosts_stale:
+            self._hosts_stale = False
+            self.hosts.keep_only(self.switch.__contains__)
         for session in list(self.sessions.values()):
             self.check_session_health(session, now)
         self._report(now)
@@ -312,7 +328,8 @@ class Hub(Node):
             out["tap"]["switch"] = self.switch.port_info(self.tap)
             out["tap"]["switch"]["throttled"] = self.throttled.get(self.tap, 0)
         out["pending"] = len(self.pending)
-        out["macs"] = [{"mac": format_mac(mac), "port": port.name, "age_s": round(age, 3)}
+        out["macs"] = [{"mac": format_mac(mac), "port": port.name, "age_s": round(age, 3),
+                        "ips": self.hosts.ips(mac)}
                        for mac, port, age in self.switch.entries(now)]
         blocked = self.loops.blocked() if self.loops is not None else {}
         sw = self.cfg.switch

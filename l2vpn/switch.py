@@ -379,6 +379,10 @@ class SwitchTable:
         rows.sort(key=lambda row: (order[row[1]], row[0]))
         return rows
 
+    def __contains__(self, mac) -> bool:
+        """True while `mac` has an entry (aged or not: expire() removes those)."""
+        return mac in self._macs
+
     def __len__(self) -> int:
         """Entries stored, aged ones included until `expire()` removes them."""
         return len(self._macs)

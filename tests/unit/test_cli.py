@@ -420,8 +420,9 @@ HUB_STATUS = {
          "drops": 0, "buffered_b": 0, "caps": 0},
     ],
     "pending": 0,
-    "macs": [{"mac": "02:00:00:00:0a:01", "port": "site-a", "age_s": 1.25},
-             {"mac": "02:00:00:00:0b:01", "port": "site-b", "age_s": 0.0}],
+    "macs": [{"mac": "02:00:00:00:0a:01", "port": "site-a", "age_s": 1.25,
+              "ips": ["198.19.0.10", "fe80::a"]},
+             {"mac": "02:00:00:00:0b:01", "port": "site-b", "age_s": 0.0, "ips": []}],
     "switch": {"entries": 2, "aging_s": 300.0, "counters": {}},
 }
 
@@ -442,7 +443,7 @@ def test_render_hub_status():
                    "tap l2vpn0 02:00:00:00:00:01 mtu 1500"):
         assert needle in text, needle
     row = next(line for line in text.splitlines() if line.startswith("02:00:00:00:0a:01"))
-    assert row.split() == ["02:00:00:00:0a:01", "site-a", "1.2s"]
+    assert row.split() == ["02:00:00:00:0a:01", "site-a", "1.2s", "198.19.0.10", "fe80::a"]
 
 
 def test_render_spoke_status():
@@ -529,3 +530,49 @@ def test_duration_and_size_formats():
         ["0s", "59s", "1m00s", "59m59s", "1h00m", "25h01m"]
     assert [cli._size(n) for n in (0, 1023, 1024, 1536, 1024 ** 3, 5 * 1024 ** 4)] == \
         ["0B", "1023B", "1.0KiB", "1.5KiB", "1.0GiB", "5120.0GiB"]
+
+
+# -- macs: where a host is ----------------------------------------------------------------
+
+
+def macs_of(tmp_path, argv, status=HUB_STATUS):
+    loop = EventLoop()
+    path = tmp_path / "hub.sock"
+    srv = ManagementServer(loop, path, lambda command: status)
+    try:
+        return call_in_thread(loop, lambda: main(["macs", "-s", str(path), *argv]))
+    finally:
+        srv.close()
+        loop.close()
+
+
+def test_status_text_shows_the_ips_beside_each_mac():
+    text = render_status(HUB_STATUS)
+    row = next(line for line in text.splitlines() if line.startswith("02:00:00:00:0a:01"))
+    assert row.split()[-2:] == ["198.19.0.10", "fe80::a"]
+
+
+def test_macs_finds_the_port_an_address_is_behind(tmp_path, capsys):
+    assert macs_of(tmp_path, ["--ip", "198.19.0.10"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["MAC", "PORT", "AGE", "IPS"]
+    assert out[1].split()[:2] == ["02:00:00:00:0a:01", "site-a"] and len(out) == 2
+    assert macs_of(tmp_path, ["--ip", "FE80::A", "--json"]) == 0
+    assert [m["port"] for m in json.loads(capsys.readouterr().out)] == ["site-a"]
+
+
+def test_macs_filters_by_port_and_mac_and_says_when_nothing_matched(tmp_path, capsys):
+    assert macs_of(tmp_path, ["--port", "site-b", "--json"]) == 0
+    assert [m["mac"] for m in json.loads(capsys.readouterr().out)] == ["02:00:00:00:0b:01"]
+    assert macs_of(tmp_path, ["--mac", "02-00-00-00-0A-01", "--json"]) == 0
+    assert [m["port"] for m in json.loads(capsys.readouterr().out)] == ["site-a"]
+    assert macs_of(tmp_path, ["--ip", "198.19.0.99"]) == 1
+    assert capsys.readouterr().out == ""
+
+
+def test_macs_refuses_bad_arguments_and_a_spoke(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["macs", "--ip", "not-an-ip"])
+    assert exc.value.code == 2 and "not an IP address" in capsys.readouterr().err
+    assert macs_of(tmp_path, [], status=SPOKE_STATUS) == 1
+    assert "is a spoke" in capsys.readouterr().err

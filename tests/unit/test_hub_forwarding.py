@@ -266,8 +266,8 @@ def test_status_lists_node_sessions_and_macs(hub, clock):
     assert [x["cn"] for x in st["sessions"]] == ["site-b"]
     assert st["sessions"][0]["id"] == s.id and type(s.id) is int
     assert st["macs"] == [
-        {"mac": "02:00:00:00:00:01", "port": "a", "age_s": 2.5},
-        {"mac": "02:00:00:00:00:02", "port": "site-b", "age_s": 2.5},
+        {"mac": "02:00:00:00:00:01", "port": "a", "age_s": 2.5, "ips": []},
+        {"mac": "02:00:00:00:00:02", "port": "site-b", "age_s": 2.5, "ips": []},
     ]
     assert st["switch"]["entries"] == 2 and st["switch"]["counters"]["learned"] == 2
     assert json.loads(json.dumps(st)) == st
@@ -323,3 +323,48 @@ def test_out_of_descriptors_the_hub_rests_instead_of_spinning(tmp_path):
     finally:
         listener.close()
         loop.close()
+
+
+# -- hosts: the addresses a MAC uses ---------------------------------------------------
+
+
+def arp_from(src: bytes, ip: str) -> bytes:
+    """An ARP request from src claiming ip, in vnet form."""
+    body = (b"\x00\x01\x08\x00\x06\x04\x00\x01" + src + bytes(map(int, ip.split("."))) +
+            bytes(6) + bytes([198, 19, 0, 1]))
+    return PLAIN_HDR + BROADCAST + src + b"\x08\x06" + body + bytes(18)
+
+
+def test_status_names_the_ips_a_mac_used_and_they_age_with_it(hub, clock):
+    a = with_ports(hub, "a")[0]
+    hub._forward(a, arp_from(mac(1), "198.19.0.10"))
+    hub._forward(a, arp_from(mac(1), "198.19.0.11"))
+    assert [m["ips"] for m in hub.status()["macs"]] == [["198.19.0.11", "198.19.0.10"]]
+    clock.advance(AGING_S + 1)
+    hub._tick()
+    assert hub.status()["macs"] == [] and len(hub.hosts) == 0
+
+
+def test_a_port_that_goes_takes_its_hosts_addresses_along(hub):
+    s = FakeSession("site-b")
+    hub._on_up(s)
+    hub._forward(s, arp_from(mac(2), "198.19.0.20"))
+    assert hub.hosts.ips(mac(2)) == ["198.19.0.20"]
+    hub._on_close(s, "test over")
+    hub._tick()
+    assert hub.hosts.ips(mac(2)) == []
+
+
+def test_only_frames_that_can_prove_an_address_are_inspected(hub, monkeypatch):
+    a, b = with_ports(hub, "a", "b")
+    seen = []
+    monkeypatch.setattr(hub.hosts, "observe", lambda frame, offset: seen.append(frame))
+    tcp = PLAIN_HDR + mac(2) + mac(1) + b"\x08\x00" + bytes(9) + b"\x06" + bytes(36)
+    udp = PLAIN_HDR + mac(2) + mac(1) + b"\x08\x00" + bytes(9) + b"\x11" + bytes(36)
+    short = PLAIN_HDR + mac(2) + mac(1) + b"\x08\x00" + bytes(2)
+    for frame in (tcp, tcp, short):
+        hub._forward(a, frame)
+    assert seen == []
+    hub._forward(a, udp)
+    hub._forward(a, arp_from(mac(1), "198.19.0.10"))
+    assert seen == [udp, arp_from(mac(1), "198.19.0.10")]
