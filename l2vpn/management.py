@@ -2,7 +2,9 @@
 
 One request per connection: the client sends a line ("status"), the node answers one
 JSON document and closes. Unix sockets are named by path, so `l2vpn status` reaches a
-node in any network namespace.
+node in any network namespace. The answer is written as the client reads it, on the
+loop, never with a blocking send: a hub's status with 100,000 MACs is megabytes, and a
+slow or stopped reader must not hold up forwarding.
 """
 
 import errno
@@ -14,12 +16,13 @@ import stat
 
 from l2vpn.errors import L2VPNError, TransportError
 from l2vpn.logs import RateLimitedLog
-from l2vpn.loop import READ
+from l2vpn.loop import READ, WRITE
 
 log = logging.getLogger("l2vpn.management")
 
 MAX_REQUEST_B = 4096
-CLIENT_TIMEOUT_S = 2.0
+CLIENT_TIMEOUT_S = 2.0      # to send the request
+REPLY_TIMEOUT_S = 30.0      # to read the whole answer
 ACCEPT_REST_S = 0.5
 
 
@@ -32,6 +35,7 @@ class ManagementServer:
         self.handler = handler
         self._errors = RateLimitedLog(log)
         self.sock = _bind(self.path)
+        self._deadlines = {}      # client socket -> the Timer that drops it
         loop.watch(self.sock, READ, self._accept)
 
     def _accept(self, _mask):
@@ -47,9 +51,18 @@ class ManagementServer:
             return
         client.setblocking(False)
         self.loop.watch(client, READ, lambda _m: self._serve(client))
-        self.loop.call_later(CLIENT_TIMEOUT_S, lambda: self._drop(client))
+        self._deadline(client, CLIENT_TIMEOUT_S)
+
+    def _deadline(self, client, seconds):
+        old = self._deadlines.get(client)
+        if old is not None:
+            old.cancel()
+        self._deadlines[client] = self.loop.call_later(seconds, lambda: self._drop(client))
 
     def _drop(self, client):
+        timer = self._deadlines.pop(client, None)
+        if timer is not None:
+            timer.cancel()
         self.loop.forget(client)
         client.close()
 
@@ -64,18 +77,24 @@ class ManagementServer:
         self.loop.forget(client)
         command = request.decode("utf-8", "replace").strip() or "status"
         try:
-            try:
-                data = json.dumps(self.handler(command)).encode() + b"\n"
-            except Exception as e:  # a status bug must not take the data path down
-                log.exception("management request %r failed", command)
-                data = json.dumps({"error": f"{type(e).__name__}: {e}"}).encode() + b"\n"
-            client.setblocking(True)
-            client.settimeout(CLIENT_TIMEOUT_S)
-            client.sendall(data)
+            data = json.dumps(self.handler(command)).encode() + b"\n"
+        except Exception as e:  # a status bug must not take the data path down
+            log.exception("management request %r failed", command)
+            data = json.dumps({"error": f"{type(e).__name__}: {e}"}).encode() + b"\n"
+        self._deadline(client, REPLY_TIMEOUT_S)
+        self._write(client, memoryview(data))
+
+    def _write(self, client, data):
+        """Send what the client takes now; the rest each time it can take more."""
+        try:
+            while data:
+                data = data[client.send(data):]
+        except BlockingIOError:
+            self.loop.watch(client, WRITE, lambda _m: self._write(client, data))
+            return
         except OSError:
             pass
-        finally:
-            client.close()
+        self._drop(client)
 
     def close(self):
         self.loop.forget(self.sock)

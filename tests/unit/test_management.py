@@ -160,3 +160,39 @@ def test_a_failed_request_is_not_served_again_on_eof(loop, tmp_path, caplog):
     finally:
         srv.close()
     assert len(calls) == 1
+
+
+def test_a_big_reply_to_a_slow_reader_never_blocks_the_loop(loop, tmp_path):
+    """8 MiB of status to a client that reads only after a pause: the loop keeps ticking
+    while it waits (the old blocking sendall stalled forwarding), and the reply arrives
+    whole even though reading it takes longer than the request timeout."""
+    import json
+    import time
+    big = {"macs": [{"mac": f"02:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}",
+                     "port": "site-a", "age_s": 1.0, "ips": []} for i in range(110_000)]}
+    path = tmp_path / "big.sock"
+    srv = ManagementServer(loop, path, lambda command: big)
+    ticks = []
+    loop.call_every(0.05, lambda: ticks.append(time.monotonic()))
+
+    def slow_client():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(path))
+        sock.sendall(b"status\n")
+        time.sleep(2.5)                    # past CLIENT_TIMEOUT_S, reading nothing
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+            time.sleep(0.0005)
+        sock.close()
+        return json.loads(b"".join(chunks))
+
+    try:
+        t0 = time.monotonic()
+        reply = call_in_thread(loop, slow_client, timeout_s=20)
+        assert len(reply["macs"]) == 110_000
+        during = [t for t in ticks if t0 + 0.5 < t < t0 + 2.5]
+        gaps = [b - a for a, b in zip(during, during[1:])]
+        assert len(during) >= 20 and max(gaps) < 0.5, (len(during), max(gaps, default=None))
+    finally:
+        srv.close()
