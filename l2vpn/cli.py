@@ -96,7 +96,7 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(reply, indent=2))
     else:
-        print(render_status(reply))
+        print(render_status(reply, list_macs=args.macs))
     return EXIT_OK if "error" not in reply else EXIT_FAIL
 
 
@@ -144,7 +144,10 @@ def _table(headers, rows) -> list[str]:
             for row in [headers, *rows]]
 
 
-def render_status(s: dict) -> str:
+MACS_LISTED = 50     # a bigger table is summarised unless `status --macs` asks for it
+
+
+def render_status(s: dict, list_macs: bool = False) -> str:
     if "error" in s:
         return f"error: {s['error']}"
     lines = [f"{s['role']} {s['node']}, up {_duration(s.get('uptime_s', 0))}"]
@@ -171,7 +174,13 @@ def render_status(s: dict) -> str:
         macs = s["macs"]
         lines.append("")
         lines.append(f"mac table ({len(macs)})")
-        if macs:
+        if len(macs) > MACS_LISTED and not list_macs:
+            ports = {}
+            for m in macs:
+                ports[m["port"]] = ports.get(m["port"], 0) + 1
+            lines.append("  " + ", ".join(f"{n} behind {p}" for p, n in ports.items()))
+            lines.append("  (status --macs lists them all; l2vpn macs --ip/--port/--mac finds one)")
+        elif macs:
             lines += _mac_table(macs)
     return "\n".join(lines)
 
@@ -326,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="management socket (default: the one in /run/l2vpn)")
     v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
     v.add_argument("--json", action="store_true", help="print the raw JSON")
+    v.add_argument("--macs", action="store_true",
+                   help=f"list every MAC even when there are more than {MACS_LISTED}")
     v.set_defaults(func=cmd_status)
 
     v = verbs.add_parser("macs", help="find hosts: which port a MAC or IP address is behind",

@@ -576,3 +576,33 @@ def test_macs_refuses_bad_arguments_and_a_spoke(tmp_path, capsys):
     assert exc.value.code == 2 and "not an IP address" in capsys.readouterr().err
     assert macs_of(tmp_path, [], status=SPOKE_STATUS) == 1
     assert "is a spoke" in capsys.readouterr().err
+
+
+def test_a_big_mac_table_is_summarised_unless_asked_for():
+    status = json.loads(json.dumps(HUB_STATUS))
+    status["macs"] = [{"mac": f"02:00:00:00:01:{i:02x}", "port": "site-a" if i % 3 else "hub",
+                       "age_s": 1.0, "ips": []} for i in range(120)]
+    short = render_status(status).splitlines()
+    assert "mac table (120)" in short
+    assert "  80 behind site-a, 40 behind hub" in short or \
+        "  40 behind hub, 80 behind site-a" in short
+    assert not any(line.startswith("02:00:00:00:01:") for line in short)
+    full = render_status(status, list_macs=True).splitlines()
+    assert sum(line.startswith("02:00:00:00:01:") for line in full) == 120
+
+
+def test_status_macs_flag_reaches_the_renderer(tmp_path, capsys):
+    status = json.loads(json.dumps(HUB_STATUS))
+    status["macs"] = [{"mac": f"02:00:00:00:01:{i:02x}", "port": "site-a", "age_s": 1.0,
+                       "ips": []} for i in range(60)]
+    loop = EventLoop()
+    path = tmp_path / "hub.sock"
+    srv = ManagementServer(loop, path, lambda command: status)
+    try:
+        for flags, listed in (([], 0), (["--macs"], 60)):
+            assert call_in_thread(loop, lambda: main(["status", "-s", str(path), *flags])) == 0
+            out = capsys.readouterr().out.splitlines()
+            assert sum(line.startswith("02:00:00:00:01:") for line in out) == listed
+    finally:
+        srv.close()
+        loop.close()
