@@ -10,6 +10,7 @@ _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-][0-9A-Fa-f]{2}){5}")
 
 ETH_HLEN = 14
 VLAN_HLEN = 4
+VNET_HDR_LEN = 10   # struct virtio_net_hdr, which leads frames from an offloading TAP
 MIN_FRAME = ETH_HLEN
 TPID_8021Q = 0x8100
 TPID_8021AD = 0x88A8

@@ -55,9 +55,8 @@ C-speed conversion instead of a loop over 16-bit words.
 
 import struct
 
-from l2vpn.frame import ETH_HLEN, TPID_8021AD, TPID_8021Q, VLAN_HLEN
+from l2vpn.frame import ETH_HLEN, TPID_8021AD, TPID_8021Q, VLAN_HLEN, VNET_HDR_LEN
 
-VNET_HDR_LEN = 10
 PLAIN_HDR = bytes(VNET_HDR_LEN)
 
 F_NEEDS_CSUM = 1

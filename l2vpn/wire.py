@@ -52,6 +52,7 @@ import struct
 from dataclasses import dataclass
 
 from l2vpn.errors import LocalProtocolError, RemoteProtocolError
+from l2vpn.frame import VNET_HDR_LEN
 
 PROTOCOL_VERSION = 1
 MAGIC = b"L2VP"
@@ -67,7 +68,6 @@ CAP_VNET_HDR = 1 << 0
 CAP_FLOOD_LIMITS = 1 << 1
 
 HEADER_LEN = 4
-VNET_HDR_LEN = 10
 MAX_PAYLOAD = 65536 + 1024
 MAX_NAME = 64
 MAX_REASON = 256
