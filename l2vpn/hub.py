@@ -32,7 +32,7 @@ from l2vpn.errors import PKIError
 from l2vpn.frame import format_mac
 from l2vpn.logs import DropReports, IntervalCounts, RateLimitedLog
 from l2vpn.node import Node
-from l2vpn.loop import READ
+from l2vpn.eventloop import READ
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN
 from l2vpn.switch import DROP, PROBE, SwitchTable
 from l2vpn.transport import (CLOSED, FAILURES, NAME_MISMATCH, PROTOCOL, UNTRUSTED, Session,
@@ -70,7 +70,7 @@ class Hub(Node):
             guards=frozenset(self.guards),
             intercept=loopguard.PROBE_DST if sw.loop_detection else None,
             probe_pps=loopguard.PROBE_PPS)
-        self.loops = loopguard.LoopGuard(os.urandom(32)) if sw.loop_detection else None
+        self.loop_detector = loopguard.LoopGuard(os.urandom(32)) if sw.loop_detection else None
         self.hosts = HostTable(max_macs=sw.max_entries)   # MAC -> the IPs it uses
         self._hosts_stale = False   # MACs were forgotten: drop their addresses at the tick
         self.sessions = {}        # CN -> Session, only sessions that are up
@@ -95,8 +95,8 @@ class Hub(Node):
             self.tap = self.open_tap(self.cfg.tap, HUB_PORT, self._forward)
             self._add_port(self.tap, HUB_PORT, self.cfg.tap.mtu)
         self.loop.watch(self.listener, READ, self._accept)
-        if self.loops is not None:
-            self.loop.call_every(self.loops.interval_s, self._send_probes)
+        if self.loop_detector is not None:
+            self.loop.call_every(self.loop_detector.interval_s, self._send_probes)
         log.info("hub %s listening on %s", self.cfg.node,
                  format_addr((self.cfg.listen.address, self.cfg.listen.port)))
 
@@ -195,12 +195,12 @@ class Hub(Node):
     def _add_port(self, port, name, mtu):
         self.switch.add_port(port, mtu=mtu,
                              trusted={kind for kind, names in self.guards.items() if name in names})
-        if self.loops is not None:
-            self.loops.add_port(port, name)
+        if self.loop_detector is not None:
+            self.loop_detector.add_port(port, name)
 
     def _drop_port(self, port) -> int:
-        if self.loops is not None:
-            for _action, _port, other in self.loops.remove_port(port):
+        if self.loop_detector is not None:
+            for _action, _port, other in self.loop_detector.remove_port(port):
                 log.warning("port %s, blocked for a loop with %s, is gone", _port_name(port),
                             _port_name(other))
         gone = {mac for mac, pair in self._flappers.items() if port in pair}
@@ -223,7 +223,7 @@ class Hub(Node):
                 self.loop.want_flush("throttle", self._throttle)
             return
         if ports is PROBE:
-            self._apply(self.loops.on_probe(frame, VNET_HDR_LEN, source, self.loop.clock()))
+            self._apply(self.loop_detector.on_probe(frame, VNET_HDR_LEN, source, self.loop.clock()))
             return
         # Hosts: only ARP, IPv6 and IPv4 UDP can prove an address; a TCP frame is turned
         # away by two byte compares.
@@ -258,9 +258,9 @@ class Hub(Node):
     # -- loop detection --------------------------------------------------------------
     def _send_probes(self):
         now = self.loop.clock()
-        for port, probe in self.loops.probes(now):
+        for port, probe in self.loop_detector.probes(now):
             port.send_frame(PLAIN_HDR + probe)
-        self._apply(self.loops.tick(now))
+        self._apply(self.loop_detector.tick(now))
 
     def _apply(self, actions):
         for action, port, other in actions:
@@ -331,7 +331,7 @@ class Hub(Node):
         out["macs"] = [{"mac": format_mac(mac), "port": port.name, "age_s": round(age, 3),
                         "ips": self.hosts.ips(mac)}
                        for mac, port, age in self.switch.entries(now)]
-        blocked = self.loops.blocked() if self.loops is not None else {}
+        blocked = self.loop_detector.blocked() if self.loop_detector is not None else {}
         sw = self.cfg.switch
         out["switch"] = {
             "entries": len(self.switch), "aging_s": sw.aging_s,
@@ -347,8 +347,8 @@ class Hub(Node):
                          "since_s": round(now - since, 3)}
                         for p, (other, since) in blocked.items()],
         }
-        if self.loops is not None:
-            out["switch"]["loop_detection"] = dict(self.loops.counters)
+        if self.loop_detector is not None:
+            out["switch"]["loop_detection"] = dict(self.loop_detector.counters)
         return out
 
 

@@ -16,7 +16,7 @@ import stat
 
 from l2vpn.errors import L2VPNError, TransportError
 from l2vpn.logs import RateLimitedLog
-from l2vpn.loop import READ, WRITE
+from l2vpn.eventloop import READ, WRITE
 
 log = logging.getLogger("l2vpn.management")
 

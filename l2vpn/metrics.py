@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from l2vpn import __version__
 from l2vpn.errors import TransportError
 from l2vpn.logs import RateLimitedLog
-from l2vpn.loop import READ, WRITE
+from l2vpn.eventloop import READ, WRITE
 from l2vpn.transport import FAILURES, UP, format_addr
 
 log = logging.getLogger("l2vpn.metrics")
@@ -132,7 +132,7 @@ class NodeCollector(Collector):
                                 "until the next expiry pass, within a second)", value=len(sw))
         yield CounterMetricFamily("l2vpn_mac_moves", "MACs that moved to another port",
                                   value=sw.counters.get("moves", 0))
-        probes = hub.loops.counters.get("probes_sent", 0) if hub.loops is not None else 0
+        probes = hub.loop_detector.counters.get("probes_sent", 0) if hub.loop_detector is not None else 0
         yield CounterMetricFamily("l2vpn_loop_probes_sent", "Loop-detection probes sent",
                                   value=probes)
 

@@ -22,7 +22,7 @@ from l2vpn.errors import ConfigError, PKIError
 from l2vpn.frame import format_mac
 from l2vpn.logs import RateLimitedLog
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, needs_work
-from l2vpn.loop import READ, EventLoop
+from l2vpn.eventloop import READ, EventLoop
 from l2vpn.management import ManagementServer
 from l2vpn.transport import REVOKED, UP, plain_frames
 

@@ -41,7 +41,7 @@ import ssl
 from l2vpn import wire
 from l2vpn.errors import ProtocolError, TransportError
 from l2vpn.logs import RateLimitedLog
-from l2vpn.loop import READ, WRITE
+from l2vpn.eventloop import READ, WRITE
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, OffloadError, needs_work, to_plain
 
 log = logging.getLogger("l2vpn.transport")

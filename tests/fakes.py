@@ -10,7 +10,7 @@ import socket
 import struct
 import threading
 
-from l2vpn.loop import READ
+from l2vpn.eventloop import READ
 from l2vpn.wire import Hello
 
 

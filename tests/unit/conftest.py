@@ -4,7 +4,7 @@ fresh CA per test for tests that change it."""
 import pytest
 
 from l2vpn import pki
-from l2vpn.loop import EventLoop
+from l2vpn.eventloop import EventLoop
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import l2vpn
 from l2vpn import cli, hub, pki, spoke
 from l2vpn.cli import main, render_status
 from l2vpn.config import TLSConfig
-from l2vpn.loop import EventLoop
+from l2vpn.eventloop import EventLoop
 from l2vpn.management import ManagementServer
 
 

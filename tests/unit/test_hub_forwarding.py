@@ -20,7 +20,7 @@ from l2vpn.config import (
 from l2vpn.frame import BROADCAST
 from l2vpn import hub as hub_module
 from l2vpn.hub import Hub
-from l2vpn.loop import READ, EventLoop
+from l2vpn.eventloop import READ, EventLoop
 from l2vpn.offload import PLAIN_HDR
 
 AGING_S = 60.0

@@ -23,7 +23,7 @@ from l2vpn.config import (
 )
 from l2vpn.frame import BROADCAST
 from l2vpn.hub import HUB_PORT, REPORT_S, Hub
-from l2vpn.loop import EventLoop
+from l2vpn.eventloop import EventLoop
 from l2vpn.offload import PLAIN_HDR
 from l2vpn.switch import DROPS
 
@@ -130,7 +130,7 @@ def test_switch_keys_reach_the_switch_table(make_hub):
     assert sw.storm_pps == (11, 22, 33)
     assert sw.guards == {guard.DHCP, guard.RA}
     assert sw.intercept == loopguard.PROBE_DST
-    assert hub.loops is not None
+    assert hub.loop_detector is not None
 
 
 def test_defaults_reach_the_switch_table(make_hub):
@@ -213,21 +213,21 @@ def test_send_probes_sends_one_probe_out_of_every_port(make_hub):
     for p in (tap, a, b):
         assert len(p.sent) == 1
         assert p.sent[0][:10] == PLAIN_HDR and p.sent[0][10:16] == loopguard.PROBE_DST
-    assert hub.loops.counters["probes_sent"] == 3
+    assert hub.loop_detector.counters["probes_sent"] == 3
 
 
 def test_a_probe_frame_from_a_session_goes_to_the_loop_guard(make_hub, clock, monkeypatch):
     hub = make_hub()
     a, b = up(hub, "site-a", "site-b")
     seen = []
-    real = hub.loops.on_probe
-    monkeypatch.setattr(hub.loops, "on_probe",
+    real = hub.loop_detector.on_probe
+    monkeypatch.setattr(hub.loop_detector, "on_probe",
                         lambda *args: seen.append(args) or real(*args))
     forged = PLAIN_HDR + loopguard.PROBE_DST + mac(9) + b"\x88\xb5" + bytes(60)
     hub._forward(a, forged)
     assert [(f, off, port, now) for f, off, port, now in seen] == [(forged, 10, a, clock())]
     assert b.sent == [] and a.sent == []                 # intercepted, never flooded
-    assert hub.loops.counters["forged"] == 1
+    assert hub.loop_detector.counters["forged"] == 1
     assert port_of(hub.switch, mac(9), clock()) is None
     assert hub.switch.counters["probes"] == 1
 
@@ -272,7 +272,7 @@ def test_a_probe_reflected_back_into_its_own_port_blocks_nothing(make_hub):
     hub._send_probes()
     hub._forward(a, probe_out_of(a))
     assert not blocked(hub.switch, a) and not blocked(hub.switch, b)
-    assert hub.loops.counters["reflected"] == 1
+    assert hub.loop_detector.counters["reflected"] == 1
 
 
 def test_a_loop_through_the_hub_tap_blocks_the_newer_session(make_hub):
@@ -292,7 +292,7 @@ def test_a_block_lifts_after_hold_s_without_evidence(make_hub, clock, caplog):
     hub._forward(b, probe_out_of(a))
     assert blocked(hub.switch, b)
     with caplog.at_level(logging.INFO, logger="l2vpn.hub"):
-        clock.advance(hub.loops.hold_s)                  # not more than hold_s yet
+        clock.advance(hub.loop_detector.hold_s)                  # not more than hold_s yet
         hub._send_probes()
         assert blocked(hub.switch, b)
         clock.advance(0.01)
@@ -311,13 +311,13 @@ def test_a_block_holds_while_probes_keep_coming_back(make_hub, clock):
     a, b = up(hub, "site-a", "site-b")
     hub._send_probes()
     hub._forward(b, probe_out_of(a))
-    for _ in range(4 * int(hub.loops.hold_s)):
-        clock.advance(hub.loops.interval_s)
+    for _ in range(4 * int(hub.loop_detector.hold_s)):
+        clock.advance(hub.loop_detector.interval_s)
         hub._send_probes()
         hub._forward(b, probe_out_of(a))                 # the loop is still there
         assert blocked(hub.switch, b)
     assert hub.status()["switch"]["blocked"][0]["since_s"] == pytest.approx(
-        4 * int(hub.loops.hold_s) * hub.loops.interval_s)
+        4 * int(hub.loop_detector.hold_s) * hub.loop_detector.interval_s)
 
 
 def test_closing_a_blocked_session_forgets_it_in_the_loop_guard(make_hub, clock, caplog):
@@ -334,13 +334,13 @@ def test_closing_a_blocked_session_forgets_it_in_the_loop_guard(make_hub, clock,
         "port site-b, blocked for a loop with site-a, is gone"]
     assert hub_lines(caplog, logging.INFO) == [
         "spoke site-b down: peer closed the connection (0 MACs flushed)"]
-    assert hub.loops.blocked() == {}
+    assert hub.loop_detector.blocked() == {}
     assert hub.status()["switch"]["blocked"] == []
     clear(a, b)
     hub._send_probes()
     assert b.sent == [] and len(a.sent) == 1              # no probes for a gone port
     hub._forward(a, old_probe_of_b)                       # names a port that is gone
-    assert hub.loops.counters["forged"] == 1 and not blocked(hub.switch, a)
+    assert hub.loop_detector.counters["forged"] == 1 and not blocked(hub.switch, a)
     # the name is free again: a new session of site-b is a port like any other
     (b2,) = up(hub, "site-b")
     hub._send_probes()
@@ -356,7 +356,7 @@ def test_when_the_older_partner_leaves_the_block_runs_out_on_its_own(make_hub, c
         hub._on_close(a, "peer closed the connection")
     assert hub_lines(caplog) == []                       # only the blocked port's own leaving
     assert blocked(hub.switch, b)
-    clock.advance(hub.loops.hold_s + 0.1)
+    clock.advance(hub.loop_detector.hold_s + 0.1)
     hub._send_probes()
     assert not blocked(hub.switch, b)
 
@@ -382,7 +382,7 @@ def test_unblocking_forgets_the_hosts_learnt_on_the_partner(make_hub, clock):
     hub._forward(a, eth(BROADCAST, mac(2)))
     hub._forward(c, eth(BROADCAST, mac(3)))
     assert port_of(hub.switch, mac(2), clock()) is a
-    clock.advance(hub.loops.hold_s + 0.1)
+    clock.advance(hub.loop_detector.hold_s + 0.1)
     hub._send_probes()
     assert not blocked(hub.switch, b)
     assert port_of(hub.switch, mac(2), clock()) is None
@@ -396,7 +396,7 @@ def test_a_replaced_session_leaves_the_loop_guard_for_its_successor(make_hub):
     hub._forward(b, probe_out_of(a))
     b2 = FakeSession("site-b", remote="192.0.2.9:1")
     assert hub._on_up(b2) is None
-    assert hub.loops.blocked() == {}
+    assert hub.loop_detector.blocked() == {}
     assert not blocked(hub.switch, b2)
     clear(a, b2)
     hub._forward(a, eth(BROADCAST, mac(1)))
@@ -408,7 +408,7 @@ def test_a_replaced_session_leaves_the_loop_guard_for_its_successor(make_hub):
 
 def test_loop_detection_off_means_no_guard_no_intercept(make_hub, clock):
     hub = make_hub(loop_detection=False)
-    assert hub.loops is None and hub.switch.intercept is None
+    assert hub.loop_detector is None and hub.switch.intercept is None
     a, b = up(hub, "site-a", "site-b")
     probe_like = PLAIN_HDR + loopguard.PROBE_DST + loopguard.PROBE_SRC + b"\x88\xb5" + bytes(60)
     hub._forward(a, probe_like)
@@ -433,7 +433,7 @@ def test_probes_are_scheduled_only_with_loop_detection(make_hub, monkeypatch, on
     finally:
         hub.loop.forget(listener)
         listener.close()
-    assert every == ([(hub.loops.interval_s, hub._send_probes)] if on else [])
+    assert every == ([(hub.loop_detector.interval_s, hub._send_probes)] if on else [])
 
 
 # -- backpressure ----------------------------------------------------------------------

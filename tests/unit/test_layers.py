@@ -16,7 +16,7 @@ PURE_MAY_IMPORT = {"frame", "errors", "guard", "storm"}
 FORBIDDEN_IN_PURE = {"socket", "ssl", "fcntl", "threading", "time", "selectors", "pyroute2",
                      "scapy", "os", "asyncio", "subprocess", "signal"}
 LOW = ("frame", "errors", "wire", "switch", "offload", "config")
-HIGH = {"tap", "transport", "hub", "spoke", "node", "management", "metrics", "cli", "loop"}
+HIGH = {"tap", "transport", "hub", "spoke", "node", "management", "metrics", "cli", "eventloop"}
 
 
 def imports_of(source: str) -> set[str]:
@@ -47,7 +47,7 @@ def ours(names) -> set[str]:
 
 
 def test_the_module_list_is_complete():
-    assert {"frame", "wire", "switch", "errors", "config", "pki", "tap", "transport", "loop",
+    assert {"frame", "wire", "switch", "errors", "config", "pki", "tap", "transport", "eventloop",
             "logs", "management", "node", "hub", "spoke", "cli"} <= set(MODULES)
 
 

@@ -30,7 +30,7 @@ from l2vpn.config import (
 from l2vpn.errors import ConfigError, TransportError
 from l2vpn.frame import BROADCAST
 from l2vpn.hub import Hub
-from l2vpn.loop import EventLoop
+from l2vpn.eventloop import EventLoop
 from l2vpn.offload import PLAIN_HDR
 from l2vpn.spoke import Spoke
 from l2vpn.switch import DROPS
@@ -170,7 +170,7 @@ def test_hub_metrics_follow_the_contract(hub, clock):
 
 
 def test_hub_without_tap_or_loop_detection_still_answers(hub, clock):
-    hub.loops = None
+    hub.loop_detector = None
     got = samples(hub.metrics_text().decode())
     assert value(got, "l2vpn_sessions") == 0
     assert value(got, "l2vpn_loop_probes_sent_total") == 0

@@ -20,7 +20,7 @@ from l2vpn.config import (
     TLSConfig,
 )
 from l2vpn.frame import BROADCAST
-from l2vpn.loop import EventLoop
+from l2vpn.eventloop import EventLoop
 from l2vpn.loopguard import PROBE_DST
 from l2vpn.offload import PLAIN_HDR
 from l2vpn.spoke import REPORT_S, Spoke

@@ -17,7 +17,7 @@ from fakes import FakePort, run_bounded, run_until, tcp_super_frame
 from l2vpn import pki, transport, wire
 from l2vpn.config import TLSConfig
 from l2vpn.errors import LocalProtocolError, TransportError
-from l2vpn.loop import READ
+from l2vpn.eventloop import READ
 from l2vpn.offload import PLAIN_HDR
 from l2vpn.transport import Session
 

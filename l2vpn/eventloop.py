@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 
-log = logging.getLogger("l2vpn.loop")
+log = logging.getLogger("l2vpn.eventloop")
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE

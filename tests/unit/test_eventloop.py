@@ -6,7 +6,7 @@ import socket
 import pytest
 from fakes import run_bounded
 
-from l2vpn.loop import READ, WRITE, EventLoop
+from l2vpn.eventloop import READ, WRITE, EventLoop
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_an_exception_in_a_callback_is_logged_and_the_loop_carries_on(loop, pair
     loop.again(object(), lambda _m: {}["x"])
     loop.call_later(0.001, lambda: (fired.append(1), loop.stop()))
     b.send(b"x")
-    with caplog.at_level(logging.ERROR, logger="l2vpn.loop"):
+    with caplog.at_level(logging.ERROR, logger="l2vpn.eventloop"):
         run_bounded(loop)
     assert fired == [1]
     kinds = sorted(r.exc_info[0].__name__ for r in caplog.records if r.exc_info)
@@ -120,7 +120,7 @@ def test_call_every_keeps_repeating_after_fn_raises(loop, caplog):
             loop.stop()
 
     loop.call_every(0.001, tick)
-    with caplog.at_level(logging.CRITICAL, logger="l2vpn.loop"):
+    with caplog.at_level(logging.CRITICAL, logger="l2vpn.eventloop"):
         run_bounded(loop)
     assert len(ticks) == 3
 
