@@ -15,9 +15,7 @@ Labels are port names (node names, `hub` for the hub's own TAP or, on a spoke, i
 session), drop reasons and failure kinds: never a MAC or an IP address.
 """
 
-import errno
 import logging
-import socket
 import time
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -26,10 +24,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from l2vpn import __version__
-from l2vpn.errors import TransportError
-from l2vpn.logs import RateLimitedLog
 from l2vpn.eventloop import READ, WRITE
-from l2vpn.transport import FAILURES, UP, format_addr
+from l2vpn.logs import RateLimitedLog
+from l2vpn.transport import FAILURES, UP, listen
 
 log = logging.getLogger("l2vpn.metrics")
 
@@ -195,7 +192,8 @@ class MetricsServer:
         self.timeout_s = timeout_s
         self.clients = {}
         self._errors = RateLimitedLog(log)
-        self.sock = _listen(address, port)
+        self.sock = listen(address, port, backlog=16, purpose="serve metrics on",
+                           port_key="metrics.listen", address_key="metrics.listen")
         loop.watch(self.sock, READ, self._accept)
 
     @property
@@ -293,25 +291,3 @@ class MetricsServer:
             self._drop(c)
         self.loop.forget(self.sock)
         self.sock.close()
-
-
-def _listen(address: str, port: int) -> socket.socket:
-    """A non-blocking TCP listener for metrics.listen; a port in use is one clear error."""
-    where = format_addr((address, port))
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-        sock.listen(16)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise TransportError(f"cannot serve metrics on {where}: port already in use; "
-                                 f"stop the other program or change metrics.listen") from None
-        if e.errno == errno.EADDRNOTAVAIL:
-            raise TransportError(f"cannot serve metrics on {where}: no interface has that "
-                                 f"address; fix metrics.listen") from None
-        raise TransportError(f"cannot serve metrics on {where}: {e.strerror}") from None
-    sock.setblocking(False)
-    return sock

@@ -105,25 +105,29 @@ def tls_failure(e: BaseException) -> str:
     return PROTOCOL
 
 
-def listen(address: str, port: int) -> socket.socket:
-    """A non-blocking TCP listener; a port in use becomes one clear TransportError."""
+def listen(address: str, port: int, backlog: int = 512, purpose: str = "listen on",
+           port_key: str = "listen.port", address_key: str = "listen.address"
+           ) -> socket.socket:
+    """A non-blocking TCP listener; a port in use becomes one clear TransportError naming
+    the config key to change."""
+    where = format_addr((address, port))
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
-        sock.listen(512)
+        sock.listen(backlog)
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
             raise TransportError(
-                f"cannot listen on {address}:{port}: port already in use; stop the other "
-                f"program or set listen.port") from None
+                f"cannot {purpose} {where}: port already in use; stop the other "
+                f"program or set {port_key}") from None
         if e.errno == errno.EADDRNOTAVAIL:
             raise TransportError(
-                f"cannot listen on {address}:{port}: no interface has that address; "
-                f"fix listen.address") from None
-        raise TransportError(f"cannot listen on {address}:{port}: {e.strerror}") from None
+                f"cannot {purpose} {where}: no interface has that address; "
+                f"fix {address_key}") from None
+        raise TransportError(f"cannot {purpose} {where}: {e.strerror}") from None
     sock.setblocking(False)
     return sock
 

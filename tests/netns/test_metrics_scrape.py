@@ -4,6 +4,7 @@ counters that follow a ping, `l2vpn metrics`, and a metrics port in use."""
 import shutil
 
 import pytest
+from fakes import metric_samples as samples
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.netns
@@ -12,12 +13,6 @@ PORT = 9477
 URL = f"http://127.0.0.1:{PORT}/metrics"
 
 
-def samples(text: str) -> dict:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def scrape(lab, name) -> str:
@@ -78,5 +73,5 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_1(make_lab):
     assert out.returncode == 1, out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("l2vpn: ")]
     assert errors == [f"l2vpn: cannot serve metrics on 127.0.0.1:{lab.port}: port already "
-                      f"in use; stop the other program or change metrics.listen"]
+                      f"in use; stop the other program or set metrics.listen"]
     assert "Traceback" not in out.stderr
