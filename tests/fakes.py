@@ -186,3 +186,19 @@ def tcp_super_frame(payload: bytes, mss: int = 1448, vlan: int | None = None) ->
     struct.pack_into(">H", frame, l4 + 16, total)
     hdr = struct.pack("<BBHHHH", 1, 1, l4 + 20, mss, l4, 16)   # NEEDS_CSUM, GSO_TCPV4
     return hdr + bytes(frame)
+
+
+def eth(dst: bytes, src: bytes) -> bytes:
+    """A minimal frame in vnet form (a zero virtio-net header first), as ports hand it over."""
+    from l2vpn.offload import PLAIN_HDR
+    return PLAIN_HDR + dst + src + b"\x08\x00" + bytes(46)
+
+
+def metric_samples(text: str) -> dict:
+    """{(sample name, sorted label pairs): value} of a Prometheus scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out

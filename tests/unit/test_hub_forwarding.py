@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import FakeClock, FakePort, FakeSession
+from fakes import FakeClock, FakePort, FakeSession, eth
 
 from l2vpn.config import (
     HubConfig,
@@ -28,11 +28,6 @@ AGING_S = 60.0
 
 def mac(n: int) -> bytes:
     return bytes([0x02, 0, 0, 0, 0, n])
-
-
-def eth(dst: bytes, src: bytes) -> bytes:
-    """A minimal frame in vnet form (a zero virtio-net header first), as ports hand it over."""
-    return PLAIN_HDR + dst + src + b"\x08\x00" + bytes(46)
 
 
 @pytest.fixture

@@ -4,15 +4,14 @@ real loop, the hub's handshake-failure counts over loopback TLS, and metrics.lis
 import re
 import socket
 import ssl
-import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
-from fakes import FakeClock, FakeSession, call_in_thread, run_bounded, run_until
-from prometheus_client.parser import text_string_to_metric_families
+from fakes import FakeClock, FakeSession, call_in_thread, eth, run_bounded, run_until
+from fakes import metric_samples as samples
 
 from l2vpn import __version__, config, metrics, pki, transport, wire
 from l2vpn.config import (
@@ -31,7 +30,6 @@ from l2vpn.errors import ConfigError, TransportError
 from l2vpn.frame import BROADCAST
 from l2vpn.hub import Hub
 from l2vpn.eventloop import EventLoop
-from l2vpn.offload import PLAIN_HDR
 from l2vpn.spoke import Spoke
 from l2vpn.switch import DROPS
 
@@ -40,19 +38,6 @@ MAC_RE = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", re.I)
 
 def mac(n: int) -> bytes:
     return bytes([0x02, 0, 0, 0, 0, n])
-
-
-def eth(dst: bytes, src: bytes) -> bytes:
-    return PLAIN_HDR + dst + src + b"\x08\x00" + bytes(46)
-
-
-def samples(text: str) -> dict:
-    """{(sample name, sorted label pairs): value} of a scrape."""
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
 def value(got: dict, name: str, **labels):
