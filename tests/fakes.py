@@ -9,6 +9,7 @@ import itertools
 import socket
 import struct
 import threading
+from pathlib import Path
 
 from l2vpn.eventloop import READ
 from l2vpn.wire import Hello
@@ -202,3 +203,14 @@ def metric_samples(text: str) -> dict:
         for s in fam.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def hub_config(tmp_path, port: int = 7443, aging_s: float = 60.0):
+    """A hub's config with no TAP, for a Hub on fake ports (its TLS files are never read)."""
+    from l2vpn.config import (HubConfig, KeepaliveConfig, ListenConfig, ManagementConfig,
+                              SwitchConfig, TLSConfig)
+    return HubConfig(
+        path=tmp_path / "hub.yaml", node="hub", listen=ListenConfig("127.0.0.1", port),
+        tls=TLSConfig(Path("ca.crt"), Path("hub.crt"), Path("hub.key")), tap=None,
+        switch=SwitchConfig(aging_s=aging_s, max_entries=1024),
+        management=ManagementConfig(socket=tmp_path / "hub.sock"), keepalive=KeepaliveConfig())

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import FakeClock, FakePort, FakeSession, eth
+from fakes import FakeClock, FakePort, FakeSession, eth, hub_config
 
 from l2vpn.config import (
     HubConfig,
@@ -37,16 +37,7 @@ def clock():
 
 @pytest.fixture
 def hub(tmp_path, clock):
-    cfg = HubConfig(
-        path=tmp_path / "hub.yaml",
-        node="hub",
-        listen=ListenConfig("127.0.0.1", 7443),
-        tls=TLSConfig(Path("ca.crt"), Path("hub.crt"), Path("hub.key")),
-        tap=None,
-        switch=SwitchConfig(aging_s=AGING_S, max_entries=1024),
-        management=ManagementConfig(socket=tmp_path / "hub.sock"),
-        keepalive=KeepaliveConfig(),
-    )
+    cfg = hub_config(tmp_path, port=7443, aging_s=AGING_S)
     loop = EventLoop(clock=clock)
     h = Hub(cfg, loop=loop)
     yield h

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from fakes import FakeClock, FakeSession, call_in_thread, eth, run_bounded, run_until
+from fakes import (FakeClock, FakeSession, call_in_thread, eth, hub_config, run_bounded,
+                   run_until)
 from fakes import metric_samples as samples
 
 from l2vpn import __version__, config, metrics, pki, transport, wire
@@ -72,11 +73,7 @@ def clock():
 
 @pytest.fixture
 def hub(tmp_path, clock):
-    cfg = HubConfig(
-        path=tmp_path / "hub.yaml", node="hub", listen=ListenConfig("127.0.0.1", 0),
-        tls=TLSConfig(Path("ca.crt"), Path("hub.crt"), Path("hub.key")), tap=None,
-        switch=SwitchConfig(aging_s=60.0, max_entries=1024),
-        management=ManagementConfig(socket=tmp_path / "hub.sock"), keepalive=KeepaliveConfig())
+    cfg = hub_config(tmp_path, port=0)
     loop = EventLoop(clock=clock)
     h = Hub(cfg, loop=loop)
     yield h
