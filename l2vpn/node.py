@@ -17,23 +17,27 @@ import os
 import signal
 
 from l2vpn import metrics, pki, privilege
-from l2vpn import tap as tapdev
+from l2vpn.tap import describe_offloads
 from l2vpn.errors import ConfigError, PKIError
 from l2vpn.frame import format_mac
 from l2vpn.logs import RateLimitedLog
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, needs_work
 from l2vpn.eventloop import READ, EventLoop
-from l2vpn.management import ManagementServer
+from l2vpn.lifecycle import CLOSED
+from l2vpn.port import FlowControl
 from l2vpn.transport import REVOKED, UP, plain_frames
 
 log = logging.getLogger("l2vpn.node")
 
 TAP_BUDGET = 256
 TICK_S = 1.0
+GOODBYE_WAIT_S = 0.5    # at most, at stop, for the goodbyes to leave
+GOODBYE_POLL_S = 0.01
 
 
-class TapPort:
-    """The local TAP as a switch port: reads feed `on_frame`, writes go straight to the kernel.
+class TapPort(FlowControl):
+    """The local TAP as a switch port (port.Port): reads feed `on_frame`, writes go
+    straight to the kernel.
 
     Frames inside a node always lead with a virtio-net header. A TAP opened with it passes
     super-frames both ways untouched (the kernel segments what it is given); a plain TAP
@@ -41,11 +45,10 @@ class TapPort:
     finished in software before they are written.
     """
 
-    congested = False
-    stalled = False
+    congested = False   # a write goes straight to the kernel: nothing queues here
 
     def __init__(self, loop, device, name, on_frame):
-        self.loop = loop
+        super().__init__(loop, RateLimitedLog(log))
         self.device = device
         self.name = name
         self.fd = device.fd
@@ -53,15 +56,14 @@ class TapPort:
         self.on_frame = on_frame
         self.frames_in = self.frames_out = self.bytes_in = self.bytes_out = 0
         self.drops = self.soft_offloads = self.offload_errors = 0
-        self._paused = False
-        self.port_log = RateLimitedLog(log)
         loop.watch(self.fd, READ, self._on_readable)
 
     def _on_readable(self, _mask):
+        # on_frame is read afresh at every read: a wrapper may have replaced it
         fd, on_frame, read, size = self.fd, self.on_frame, os.read, self.device.read_size
         plain = not self.vnet
         for _ in range(TAP_BUDGET):
-            if self._paused:
+            if self.paused:
                 return
             try:
                 frame = read(fd, size)
@@ -94,22 +96,15 @@ class TapPort:
         self.frames_out += 1
         self.bytes_out += len(frame)
 
-    @property
-    def paused(self) -> bool:
-        return self._paused
+    def _pause_io(self):
+        self.loop.watch(self.fd, 0, None)
 
-    def pause(self):
-        if not self._paused:
-            self._paused = True
-            self.loop.watch(self.fd, 0, None)
+    def _resume_io(self):
+        self.loop.watch(self.fd, READ, self._on_readable)
+        self.loop.again(self.fd, self._on_readable)
 
-    def resume(self):
-        if self._paused:
-            self._paused = False
-            self.loop.watch(self.fd, READ, self._on_readable)
-            self.loop.again(self.fd, self._on_readable)
-
-    def snapshot(self) -> dict:
+    def snapshot(self, now: float | None = None) -> dict:
+        """What `status` shows of the TAP; `now` is not needed (a TAP has no uptime)."""
         return {"name": self.device.name, "mac": format_mac(self.device.mac),
                 "mtu": self.device.mtu, "frames_in": self.frames_in,
                 "frames_out": self.frames_out, "bytes_in": self.bytes_in,
@@ -117,7 +112,9 @@ class TapPort:
                 "offload": self.device.offloads != 0, "soft_offloads": self.soft_offloads,
                 "offload_errors": self.offload_errors}
 
-    def close(self):
+    def close(self, reason: str = "") -> None:
+        """Stop reading and close the device; `reason` is unused (a TAP has no peer)."""
+        self._release_waiters()
         self.loop.forget(self.fd)
         self.device.close()
 
@@ -127,8 +124,10 @@ class Node:
 
     role = "node"
 
-    def __init__(self, cfg, loop=None, notifier=None):
+    def __init__(self, cfg, edges, loop=None, notifier=None):
         self.cfg = cfg
+        self.edges = edges        # edges.Edges: what it opens on the host (cli: edges.REAL)
+        self._own_loop = loop is None   # several nodes may share a test's loop
         self.loop = loop or EventLoop()
         self.notifier = notifier  # sdnotify.Notifier under systemd (Type=notify), else None
         self.started = self.loop.clock()
@@ -141,16 +140,16 @@ class Node:
         self.identity = None      # privilege.Identity when user: is set
         self.metrics_registry = None   # made on the first scrape or `metrics` request
         self.metrics_server = None     # metrics.MetricsServer when metrics.listen is set
+        # Told of every named port that comes or goes: `port_up(name, port)` and
+        # `port_down(name, port)` (capture follows the ports it was asked for this way).
+        self.port_watchers = []
 
     def open_tap(self, tap_cfg, port_name, on_frame) -> TapPort:
-        mac = tap_cfg.mac or tapdev.derive_mac(self.cfg.node, tap_cfg.name)
-        device = tapdev.Tap.open(tap_cfg.name, mtu=tap_cfg.mtu, mac=mac,
-                                 address=tap_cfg.address, bridge=tap_cfg.bridge,
-                                 vnet_hdr=tap_cfg.offload)
+        device = self.edges.tap(tap_cfg, self.cfg.node)
         port = TapPort(self.loop, device, port_name, on_frame)
         self._closers.append(port.close)
         log.info("TAP %s up: mtu %d, mac %s, offloads %s%s%s", device.name, device.mtu,
-                 format_mac(device.mac), tapdev.describe_offloads(device.offloads),
+                 format_mac(device.mac), describe_offloads(device.offloads),
                  f", address {tap_cfg.address}" if tap_cfg.address else "",
                  f", bridged into {tap_cfg.bridge}" if tap_cfg.bridge else "")
         return port
@@ -166,18 +165,20 @@ class Node:
                 self._crl_stamp = _stamp(self.cfg.tls.crl)
                 self._warn_crl_expiry()
             self._start()
-            self.management = ManagementServer(self.loop, self.cfg.management.socket,
-                                               self._request)
+            self.management = self.edges.management(self.loop, self.cfg.management.socket,
+                                                    self._request)
             self._closers.append(self.management.close)
             listen = self.cfg.metrics.listen
             if listen is not None:   # before the privilege drop: a port < 1024 needs root
-                self.metrics_server = metrics.MetricsServer(self.loop, listen.host,
-                                                            listen.port, self.metrics_text)
+                self.metrics_server = self.edges.metrics(self.loop, listen.host,
+                                                         listen.port, self.metrics_text)
                 self._closers.append(self.metrics_server.close)
                 log.info("metrics on http://%s/metrics", listen)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self.loop.on_signal(signum, lambda s=signum: self.stop(signal.Signals(s).name))
-            self.loop.on_signal(signal.SIGHUP, lambda: self.reload("SIGHUP"))
+            if self.edges.signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    self.loop.on_signal(signum,
+                                        lambda s=signum: self.stop(signal.Signals(s).name))
+                self.loop.on_signal(signal.SIGHUP, lambda: self.reload("SIGHUP"))
             self.loop.call_every(TICK_S, self._tick_all)
             if self.identity is not None:
                 self._drop_privileges()
@@ -272,13 +273,26 @@ class Node:
             self.close()
 
     def stop(self, why: str) -> None:
+        """Say goodbye to every peer, then end the loop once the goodbyes have left: the
+        loop sends them. A session still closing after GOODBYE_WAIT_S is closed then."""
         if not self.stopping:
             self.stopping = True
             log.info("stopping (%s)", why)
             if self.notifier is not None:
                 self.notifier.stopping(why)
+            sessions = self.peer_sessions()
             self._say_goodbye()
-            self.loop.stop()
+            deadline = self.loop.clock() + GOODBYE_WAIT_S
+
+            def stop_once_said():
+                if self.loop.clock() < deadline and any(s.state != CLOSED for s in sessions):
+                    self.loop.call_later(GOODBYE_POLL_S, stop_once_said)
+                    return
+                for s in sessions:
+                    if s.state != CLOSED:
+                        s.close(s.close_reason or f"stopping ({why})")
+                self.loop.stop()
+            stop_once_said()
 
     def close(self) -> None:
         while self._closers:
@@ -287,14 +301,19 @@ class Node:
                 fn()
             except Exception as e:  # teardown keeps going: each step is independent
                 log.warning("cleanup step failed: %s", e)
-        self.loop.close()
+        if self._own_loop:
+            self.loop.close()
 
     def _request(self, command: str) -> dict:
         if command == "status":
-            return self.status()
+            return self.status_reply()
         if command == "metrics":
             return {"metrics": self.metrics_text().decode()}
-        return {"error": f"unknown request {command!r} (try: status, metrics)"}
+        verb, _, rest = command.partition(" ")
+        if verb == "capture":   # a Stream of pcapng, or an error dict
+            from l2vpn import capture
+            return capture.serve(self, rest)
+        return {"error": f"unknown request {command!r} (try: status, metrics, capture)"}
 
     def metrics_text(self) -> bytes:
         """The Prometheus text format of this node, read from its live state now."""
@@ -322,7 +341,20 @@ class Node:
         elif now - session.last_tx >= ka.interval_s:
             session.send_keepalive()
 
+    # -- named ports ------------------------------------------------------------------
+    def _port_up(self, name, port) -> None:
+        for w in list(self.port_watchers):
+            w.port_up(name, port)
+
+    def _port_down(self, name, port) -> None:
+        for w in list(self.port_watchers):
+            w.port_down(name, port)
+
     # subclasses
+    def ports(self) -> dict:
+        """The named ports now: name -> port (see port.py)."""
+        raise NotImplementedError
+
     def peer_sessions(self) -> list:
         return []
 
@@ -337,6 +369,10 @@ class Node:
 
     def status(self) -> dict:
         raise NotImplementedError
+
+    def status_reply(self):
+        """What a `status` request is answered with: the document, or a Stream of it."""
+        return self.status()
 
     def summary(self) -> str:
         """One line for `systemctl status`; cheap, since it is asked every tick."""

@@ -14,13 +14,18 @@ Writing appends records to a plaintext buffer; the loop flushes it once per
 pass, encrypting a chunk only when the kernel has taken the previous one, so memory
 stays bounded by the plaintext buffer plus one chunk of ciphertext.
 
-Backpressure: a session whose output buffer passes HIGH_WATER_B is `congested`; the
-owner stops reading whichever source feeds it (`pause()` on that source plus
-`add_waiter`) until it drains below LOW_WATER_B. Past HARD_CAP_B frames are dropped and
-counted, so memory stays bounded whatever a peer does. A session that keeps its waiters
-paused for STALL_S is `stalled`: it resumes them, and until it drains it is no longer
-waited for and drops what passes HIGH_WATER_B, so a peer that stops reading cannot hold
-back the spokes that send to it.
+Backpressure (port.FlowControl, with the `Thresholds` a session is given): a session
+whose output buffer passes high water is `congested`; the owner stops reading whichever
+source feeds it (`pause()` on that source plus `add_waiter`) until it drains below low
+water. Past the hard cap frames are dropped and counted, so memory stays bounded
+whatever a peer does. A session that keeps its waiters paused for `stall_s` is
+`stalled`: it resumes them, and until it drains it is no longer waited for and drops
+what passes high water, so a peer that stops reading cannot hold back the spokes that
+send to it.
+
+The session moves through lifecycle.py's table. `goodbye()` never blocks the loop: it
+queues the goodbye and returns; the session closes itself once its output has left, or
+when the linger runs out (CLOSING in between, reading nothing).
 
 The session never decides where frames go: it hands each one to `on_frame(session,
 data)` and reports its end through `on_close(session, reason)`. Frames cross that line in
@@ -34,18 +39,22 @@ import errno
 import itertools
 import logging
 import os
-import selectors
 import socket
 import ssl
+from dataclasses import dataclass
 
 from l2vpn import wire
 from l2vpn.errors import ProtocolError, TransportError
+from l2vpn.lifecycle import (CLOSED, CLOSING, CONNECTED, CONNECTING, ENDED, GOODBYE_SAID,
+                             GREETED, HANDSHAKE, HELLO, SECURED, UP, advance)
 from l2vpn.logs import RateLimitedLog
 from l2vpn.eventloop import READ, WRITE
+from l2vpn.port import STALL_S, FlowControl
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, OffloadError, needs_work, to_plain
 
 log = logging.getLogger("l2vpn.transport")
 
+# Defaults of `Thresholds`; HIGH_WATER_B and KEEP_B also size SendBuffer's storage.
 HANDSHAKE_TIMEOUT_S = 10.0
 READ_CHUNK_B = 256 * 1024
 READ_BUDGET_B = 1024 * 1024   # at most, a read
@@ -56,7 +65,6 @@ HIGH_WATER_B = 1024 * 1024
 LOW_WATER_B = 256 * 1024
 HARD_CAP_B = 8 * 1024 * 1024
 KEEP_B = 2 * HIGH_WATER_B
-STALL_S = 0.5
 SMALL_WRITE_B = 16 * 1024
 
 # One receive buffer for every session: a process runs one loop in one thread, and each
@@ -67,12 +75,6 @@ _READ_VIEW = memoryview(_READ_BUF)
 # Session ids: one counter for the process, so an id is never reused while the node runs
 # and a new id in `status` means a new session, however the clocks moved.
 _session_ids = itertools.count(1)
-
-CONNECTING = "connecting"
-HANDSHAKE = "handshake"
-HELLO = "hello"
-UP = "up"
-CLOSED = "closed"
 
 # Why a session failed before it came up: a small fixed set, for counting (metrics).
 NO_CERTIFICATE = "no_certificate"
@@ -134,6 +136,8 @@ def listen(address: str, port: int, backlog: int = 512, purpose: str = "listen o
 
 def tune(sock: socket.socket) -> None:
     """TCP_NODELAY is mandatory: without it batching meets Nagle and stalls 40 ms."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return      # a socket pair standing in for TCP (tests/fakes.FakeNetwork)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
@@ -169,6 +173,24 @@ def plain_frames(port, frame, label: str) -> list:
         return []
     port.soft_offloads += 1
     return frames
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where a session's back-pressure and deadlines bite (bytes queued, seconds)."""
+
+    high_water_b: int = HIGH_WATER_B     # past it, `congested`: its sources wait
+    low_water_b: int = LOW_WATER_B       # below it, drained: they go on
+    hard_cap_b: int = HARD_CAP_B         # past it, frames are dropped
+    stall_s: float = STALL_S             # waited on this long, `stalled`
+    handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S   # connect, TLS and hello, all told
+
+    def __post_init__(self):
+        if not 0 <= self.low_water_b < self.high_water_b <= self.hard_cap_b:
+            raise ValueError(f"need low_water_b < high_water_b <= hard_cap_b: {self}")
+
+
+DEFAULTS = Thresholds()
 
 
 class SendBuffer:
@@ -231,13 +253,19 @@ class SendBuffer:
         self.start = self.end = 0
 
 
-class Session:
-    """One TLS session with a peer; a switch port once the hellos are exchanged."""
+class Session(FlowControl):
+    """One TLS session with a peer; a switch port (port.Port) once the hellos are
+    exchanged."""
 
     def __init__(self, loop, sock, remote, *, context, server_side, node, mtu, caps=0,
                  server_hostname=None, on_secure=None, on_up=None, on_frame=None,
-                 on_close=None, on_limits=None):
-        self.loop = loop
+                 on_close=None, on_limits=None, thresholds=DEFAULTS):
+        super().__init__(loop, RateLimitedLog(log), thresholds.stall_s)
+        self.thresholds = thresholds
+        # copied out of `thresholds`: read for every frame
+        self._high_water_b = thresholds.high_water_b
+        self._low_water_b = thresholds.low_water_b
+        self._hard_cap_b = thresholds.hard_cap_b
         self.id = next(_session_ids)
         self.remote = remote
         self.context = context
@@ -262,14 +290,8 @@ class Session:
         self.drops = self.soft_offloads = self.offload_errors = 0
         self.vnet = False
         self.flood_limits = False   # both hellos carry CAP_FLOOD_LIMITS
-        self.port_log = RateLimitedLog(log)
         self.out = SendBuffer()
-        self.stalled = False
-        self._stall_timer = None
-        self._paused = False
-        self._closing = False
         self._want_write = False
-        self.waiters = set()
         self.sock = sock
         self.tls = None          # ssl.SSLObject once the TCP connection is up
         self._in = ssl.MemoryBIO()
@@ -277,7 +299,9 @@ class Session:
         self._cipher = b""       # ciphertext the kernel has not taken yet
         self._eof = False
         self._read_budget = READ_BUDGET_B
-        self._deadline = loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
+        # what the state waits for: the handshake and hello, then (CLOSING) the linger
+        self._deadline = loop.call_later(thresholds.handshake_timeout_s,
+                                         self._handshake_timeout)
         if server_side:
             self._start_tls()
         else:
@@ -303,7 +327,7 @@ class Session:
         except (ssl.SSLError, OSError) as e:
             self.close(f"TLS set-up failed: {ssl_reason(e)}")
             return
-        self.state = HANDSHAKE
+        self.state = advance(self.state, CONNECTED)
         self._handshake()
 
     def _handshake(self, mask=READ):
@@ -330,7 +354,7 @@ class Session:
             if problem:
                 self.close(problem)
                 return
-        self.state = HELLO
+        self.state = advance(self.state, SECURED)
         self.out.put(self.conn.hello())
         self.loop.watch(self.sock, READ, self._read)
         self.loop.again(self.sock, self._read)   # records that came with the handshake
@@ -340,7 +364,7 @@ class Session:
         if self.state in (CONNECTING, HANDSHAKE, HELLO):
             self.failure = TIMEOUT
             self.close(f"no {'connection' if self.state == CONNECTING else 'handshake'} "
-                       f"within {HANDSHAKE_TIMEOUT_S:g} s")
+                       f"within {self.thresholds.handshake_timeout_s:g} s")
 
     # -- reading ---------------------------------------------------------------------
     def _on_io(self, mask):
@@ -348,7 +372,7 @@ class Session:
             self.flush()
             if self.state == CLOSED:
                 return
-        if mask & READ and not self._paused:
+        if mask & READ and not self.paused:
             self._read()
 
     def _recv(self):
@@ -441,7 +465,7 @@ class Session:
                     if problem:
                         self.close(problem, goodbye=problem)
                         return
-                self.state = UP
+                self.state = advance(self.state, GREETED)
                 self.up_since = self.loop.clock()
                 self._deadline.cancel()
             elif type(ev) is wire.Limits:
@@ -458,23 +482,14 @@ class Session:
                     "it refused this spoke (revoked certificate? see the hub's log)")
         return "peer closed the connection"
 
-    @property
-    def paused(self) -> bool:
-        return self._paused
+    def _pause_io(self):
+        self._update_interest()
 
-    def pause(self):
-        """Stop reading this peer until resume(): its frames have nowhere to go."""
-        if not self._paused:
-            self._paused = True
+    def _resume_io(self):
+        self.last_rx = self.loop.clock()   # the silence while paused was ours
+        if self.state in (HELLO, UP):
             self._update_interest()
-
-    def resume(self):
-        if self._paused:
-            self._paused = False
-            self.last_rx = self.loop.clock()
-            if self.state != CLOSED:
-                self._update_interest()
-                self.loop.again(self.sock, self._read)
+            self.loop.again(self.sock, self._read)
 
     # -- writing ---------------------------------------------------------------------
     @property
@@ -485,13 +500,13 @@ class Session:
     @property
     def congested(self) -> bool:
         out = self.out
-        return out.end - out.start + len(self._cipher) > HIGH_WATER_B
+        return out.end - out.start + len(self._cipher) > self._high_water_b
 
     def send_frame(self, data) -> None:
         """Queue one frame (vnet form) for the end-of-pass flush."""
         out = self.out
-        if self.state != UP or out.end - out.start > (HIGH_WATER_B if self.stalled
-                                                      else HARD_CAP_B):
+        if self.state != UP or out.end - out.start > (self._high_water_b if self.stalled
+                                                      else self._hard_cap_b):
             self.drops += 1
             return
         if self.vnet:
@@ -514,7 +529,7 @@ class Session:
     def send_limits(self, broadcast_pps: int, multicast_pps: int,
                     unknown_unicast_pps: int) -> None:
         """Tell the peer the flood rates we accept from it (needs `flood_limits`)."""
-        if self.state != CLOSED:
+        if self.state not in (CLOSING, CLOSED):
             self.out.put(self.conn.limits(broadcast_pps, multicast_pps, unknown_unicast_pps))
             self.loop.want_flush(self, self.flush)
 
@@ -532,9 +547,11 @@ class Session:
         queued = out.end - out.start
         if not queued and not self._cipher:
             self._set_want_write(False)
-        if queued < LOW_WATER_B and (self.waiters or self.stalled):
-            self._release_waiters()
-            self.stalled = False
+            if self.state == CLOSING:
+                self._said_goodbye()
+                return
+        if queued < self._low_water_b and (self.waiters or self.stalled):
+            self._drained()
 
     def _send_cipher(self):
         """Give the kernel the ciphertext waiting, as much as it takes: True when all of it
@@ -549,8 +566,7 @@ class Session:
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as e:
-            if not self._closing:
-                self.close(f"connection lost while sending: {e.strerror or e}")
+            self.close(f"connection lost while sending: {e.strerror or e}")
             return None
         self.last_tx = self.loop.clock()
         self._cipher = memoryview(self._cipher)[n:] if n < len(self._cipher) else b""
@@ -578,35 +594,9 @@ class Session:
                     with memoryview(out.data) as view, view[start:start + size] as chunk:
                         tls.write(chunk)
             except ssl.SSLError as e:
-                if not self._closing:
-                    self.close(f"TLS error while sending: {ssl_reason(e)}")
+                self.close(f"TLS error while sending: {ssl_reason(e)}")
                 return None
             out.consume(size)
-
-    def add_waiter(self, source) -> None:
-        """Resume `source` once this session's output has drained (or it stalls)."""
-        if not self.waiters:
-            self._stall_timer = self.loop.call_later(STALL_S, self._stall)
-        self.waiters.add(source)
-
-    def _release_waiters(self):
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-        waiters, self.waiters = self.waiters, set()
-        for w in waiters:
-            w.resume()
-
-    def _stall(self):
-        self._stall_timer = None
-        if self.state == CLOSED or not self.waiters:
-            return
-        self.stalled = True
-        self.port_log.warning("stalled", "%s is not reading fast enough (%d KiB queued for "
-                                 "%g s): dropping frames to it instead of holding back its "
-                                 "senders", self.name or self.remote, self.buffered >> 10,
-                                 STALL_S)
-        self._release_waiters()
 
     def _set_want_write(self, want: bool) -> None:
         if want != self._want_write:
@@ -614,44 +604,55 @@ class Session:
             self._update_interest()
 
     def _update_interest(self):
-        if self.state in (HELLO, UP):
-            mask = (0 if self._paused else READ) | (WRITE if self._want_write else 0)
+        state = self.state
+        if state == UP or state == HELLO:
+            mask = (0 if self.paused else READ) | (WRITE if self._want_write else 0)
             # reading only (the usual case) calls _read directly: one call fewer per wake-up
             self.loop.watch(self.sock, mask, self._read if mask == READ else self._on_io)
+        elif state == CLOSING:   # reading nothing: only the last words leaving matter
+            self.loop.watch(self.sock, WRITE if self._want_write else 0, self._on_io)
 
     # -- ending ----------------------------------------------------------------------
     def goodbye(self, reason: str, linger_s: float = 1.0) -> None:
-        """Say goodbye and close, waiting at most `linger_s` for the words to leave."""
-        if self.state in (HELLO, UP):
-            try:
-                self.out.put(self.conn.goodbye(reason))
-            except ProtocolError:
-                pass
-            self._drain_blocking(linger_s)
-        self.close(f"goodbye: {reason}")
+        """Say goodbye and return at once; the session closes (and `on_close` hears of it)
+        once its output has left, or after `linger_s` if it does not."""
+        if self.state == CLOSING:
+            return
+        if self.state not in (HELLO, UP):
+            self.close(f"goodbye: {reason}")
+            return
+        self.state = advance(self.state, GOODBYE_SAID)
+        self.close_reason = f"goodbye: {reason}"
+        self.loop.forget(self.sock)     # read nothing more, not even a read already due
+        self._want_write = False
+        self._release_waiters()         # nothing more is sent here: they need not wait
+        self._deadline.cancel()
+        self._deadline = self.loop.call_later(linger_s, self._said_goodbye)
+        try:
+            self.out.put(self.conn.goodbye(reason))
+        except ProtocolError:
+            pass
+        self.flush()
 
-    def _drain_blocking(self, linger_s):
-        deadline = self.loop.clock() + linger_s
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.sock, READ | WRITE)
-            while self.buffered and self.state != CLOSED:
-                left = deadline - self.loop.clock()
-                if left <= 0 or not sel.select(left):
-                    return
-                self.flush()
+    def _said_goodbye(self):
+        """The goodbye has left, or the linger is over."""
+        self.close(self.close_reason)
 
     def close(self, reason: str, goodbye: str | None = None) -> None:
-        if self.state == CLOSED:
+        """End the session now; with `goodbye`, first tell the peer why, as far as the
+        kernel takes it at once."""
+        state = self.state
+        if state == CLOSED:
             return
-        if goodbye and self.state in (HELLO, UP):
-            self._closing = True  # a failing flush must not close (and report) a second time
+        # CLOSED first: a send failing below returns at once instead of closing again
+        self.state = advance(state, ENDED)
+        self.close_reason = reason
+        if goodbye and state in (HELLO, UP):
             try:
                 self.out.put(self.conn.goodbye(goodbye[:200]))
-                self.flush()
+                self._send_out(self.out, self.sock)
             except (ProtocolError, OSError):
                 pass
-        self.state = CLOSED
-        self.close_reason = reason
         self._deadline.cancel()
         self.loop.forget(self.sock)
         try:

@@ -10,6 +10,8 @@ import ssl
 import struct
 import termios
 import threading
+import time
+from types import SimpleNamespace
 
 import pytest
 from fakes import FakePort, run_bounded, run_until, tcp_super_frame
@@ -18,8 +20,10 @@ from l2vpn import pki, transport, wire
 from l2vpn.config import TLSConfig
 from l2vpn.errors import LocalProtocolError, TransportError
 from l2vpn.eventloop import READ
+from l2vpn.node import GOODBYE_WAIT_S, Node
 from l2vpn.offload import PLAIN_HDR
-from l2vpn.transport import Session
+from l2vpn.port import Port
+from l2vpn.transport import Session, Thresholds
 
 SNAPSHOT_KEYS = {"id", "node", "cn", "remote", "state", "uptime_s", "frames_in", "frames_out",
                  "bytes_in", "bytes_out", "drops"}
@@ -51,8 +55,9 @@ class Link:
     """A server-side Session (accepted) and optionally a client-side one, with callback logs."""
 
     def __init__(self, loop, server_ctx, client_ctx=None, server_up_problem=None,
-                 server_caps=0, client_caps=0):
+                 server_caps=0, client_caps=0, thresholds=transport.DEFAULTS):
         self.loop = loop
+        self.thresholds = thresholds
         self.caps = {"server": server_caps, "client": client_caps}
         self.server_ctx = server_ctx
         self.server_up_problem = server_up_problem
@@ -82,7 +87,8 @@ class Link:
                        node=node, mtu=1500, caps=self.caps[side], on_secure=on_secure,
                        on_up=on_up, on_frame=lambda s, data: self._got(side, data),
                        on_close=lambda s, reason: self.closes.append((side, reason)),
-                       on_limits=lambda s, limits: self.limits[side].append(limits))
+                       on_limits=lambda s, limits: self.limits[side].append(limits),
+                       thresholds=self.thresholds)
 
     def _got(self, side, data):
         """Frames arrive in vnet form; plain ones (zero header) are kept as plain frames."""
@@ -127,11 +133,19 @@ def make_link(loop):
 
 
 @pytest.fixture
-def link(loop, ctx, make_link):
+def link_with(loop, ctx, make_link):
+    """Makes a hub-side and a spoke-side session given Thresholds(**kw), both up."""
+    def make(**kw):
+        lk = make_link(ctx["hub"], ctx["spoke"], thresholds=Thresholds(**kw))
+        run_until(loop, lk.up, what="both sessions up")
+        return lk
+    return make
+
+
+@pytest.fixture
+def link(link_with):
     """A hub-side and a spoke-side session, both up."""
-    lk = make_link(ctx["hub"], ctx["spoke"])
-    run_until(loop, lk.up, what="both sessions up")
-    return lk
+    return link_with()
 
 
 def numbered(seq: int, size: int, rng: random.Random) -> bytes:
@@ -162,6 +176,10 @@ def test_format_addr():
 
 
 # -- coming up -----------------------------------------------------------------------
+
+
+def test_a_session_is_a_port(link):
+    assert isinstance(link.server, Port) and isinstance(link.client, Port)
 
 
 def test_both_sides_come_up_and_know_each_other(link):
@@ -283,6 +301,84 @@ def test_goodbye_closes_both_sides_with_the_reason(link, loop):
     assert [side for side, _ in link.closes] == ["client", "server"]
 
 
+def fill_a_peer_that_reads_nothing(link, loop) -> None:
+    """Pause the server and send to it until the kernel holds all it will and frames
+    queue in the client session (congested)."""
+    link.server.pause()
+    frame = PLAIN_HDR + bytes(1500)
+
+    def pump():
+        if link.client.congested:     # checked after the last pass flushed what it could
+            loop.stop()
+            return
+        for _ in range(64):
+            link.client.send_frame(frame)
+        loop.call_later(0, pump)
+
+    loop.call_later(0, pump)
+    run_bounded(loop, timeout_s=10)
+
+
+def test_goodbye_to_a_peer_that_reads_nothing_returns_at_once_and_the_timer_closes(
+        link, loop):
+    c = link.client
+    fill_a_peer_that_reads_nothing(link, loop)
+    drops = c.drops
+    t0 = time.perf_counter()
+    c.goodbye("bye", linger_s=0.3)
+    assert time.perf_counter() - t0 < 0.05           # it used to block the loop for linger_s
+    assert c.state == "closing" and link.reason("client") is None
+    c.send_frame(PLAIN_HDR + bytes(60))              # nothing goes after the goodbye
+    assert c.drops == drops + 1
+    started = loop.clock()
+    served = []
+    loop.call_later(0.05, lambda: served.append(loop.clock() - started))
+    run_until(loop, lambda: link.reason("client"), timeout_s=2, what="the linger to end")
+    assert served and served[0] < 0.2                 # the loop went on meanwhile
+    assert link.reason("client") == "goodbye: bye" and c.state == "closed"
+    assert loop.clock() - started >= 0.25
+
+
+def test_goodbye_closes_once_the_backlog_has_left_not_at_the_linger(link, loop):
+    rng = random.Random(6)
+    frames = [numbered(i, 1500, rng) for i in range(3000)]
+    link.server.pause()                               # the backlog waits in the session
+    for f in frames:
+        link.client.send_frame(PLAIN_HDR + f)
+    started = loop.clock()
+    link.client.goodbye("bye", linger_s=5)
+    link.server.resume()
+    run_until(loop, lambda: link.reason("server"), timeout_s=4, what="the server to close")
+    assert link.frames["server"] == frames            # every frame, then the goodbye
+    assert link.reason("server") == "peer said goodbye (bye)"
+    assert link.reason("client") == "goodbye: bye"
+    assert loop.clock() - started < 4
+
+
+def stub_node(loop, session, linger_s):
+    """What Node.stop uses of a node, with one peer."""
+    return SimpleNamespace(stopping=False, notifier=None, loop=loop,
+                           peer_sessions=lambda: [session],
+                           _say_goodbye=lambda: session.goodbye("stopping", linger_s=linger_s))
+
+
+def test_stop_ends_the_loop_once_the_goodbye_has_left(link, loop):
+    loop.call_later(0, lambda: Node.stop(stub_node(loop, link.client, 0.5), "SIGTERM"))
+    started = loop.clock()
+    run_bounded(loop, timeout_s=2)
+    assert loop.clock() - started < 0.1
+    assert link.reason("client") == "goodbye: stopping"
+
+
+def test_stop_waits_for_a_goodbye_at_most_goodbye_wait_s(link, loop):
+    fill_a_peer_that_reads_nothing(link, loop)
+    loop.call_later(0, lambda: Node.stop(stub_node(loop, link.client, 10), "SIGTERM"))
+    started = loop.clock()
+    run_bounded(loop, timeout_s=5)
+    assert GOODBYE_WAIT_S <= loop.clock() - started < GOODBYE_WAIT_S + 0.3
+    assert link.client.state == "closed" and link.reason("client") == "goodbye: stopping"
+
+
 def test_peer_closing_the_tcp_connection(link, loop):
     link.client.close("just gone")
     run_until(loop, lambda: link.reason("server"), what="the server to close")
@@ -337,9 +433,8 @@ def test_plain_tls_client_sending_garbage_is_a_protocol_violation(loop, ctx, mak
     assert isinstance(events[-1], wire.Goodbye) and "unknown record type 0x47" in events[-1].reason
 
 
-def test_handshake_timeout(loop, ctx, make_link, monkeypatch):
-    monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT_S", 0.05)
-    lk = make_link(ctx["hub"])
+def test_handshake_timeout(loop, ctx, make_link):
+    lk = make_link(ctx["hub"], thresholds=Thresholds(handshake_timeout_s=0.05))
     with socket.create_connection(("127.0.0.1", lk.port), timeout=5):   # never speaks TLS
         run_until(loop, lambda: lk.reason("server"), what="the handshake timeout")
     assert lk.reason("server").startswith("no handshake within")
@@ -368,9 +463,11 @@ def test_server_with_a_certificate_from_another_ca_is_refused(loop, ctx, make_li
 # -- backpressure --------------------------------------------------------------------
 
 
-def test_backpressure_pauses_and_resumes_the_source(link, loop, monkeypatch):
-    monkeypatch.setattr(transport, "HIGH_WATER_B", 64 * 1024)
-    monkeypatch.setattr(transport, "LOW_WATER_B", 16 * 1024)
+SMALL_WATER = {"high_water_b": 64 * 1024, "low_water_b": 16 * 1024}
+
+
+def test_backpressure_pauses_and_resumes_the_source(link_with, loop):
+    link = link_with(**SMALL_WATER)
     rng = random.Random(4)
     sent = []
     source = FakePort("tap")
@@ -402,7 +499,7 @@ def test_backpressure_pauses_and_resumes_the_source(link, loop, monkeypatch):
               what="every frame after resume")
     assert source.resumes == 1
     assert link.client.waiters == set()
-    assert link.client.buffered < transport.LOW_WATER_B and not link.client.congested
+    assert link.client.buffered < SMALL_WATER["low_water_b"] and not link.client.congested
     assert link.frames["server"] == sent
     assert link.client.drops == 0
 
@@ -414,8 +511,8 @@ def test_closing_a_session_resumes_its_waiters(link):
     assert source.resumes == 1
 
 
-def test_frames_past_the_hard_cap_are_dropped_and_counted(link, loop, monkeypatch):
-    monkeypatch.setattr(transport, "HARD_CAP_B", 100_000)
+def test_frames_past_the_hard_cap_are_dropped_and_counted(link_with, loop):
+    link = link_with(hard_cap_b=100_000, **SMALL_WATER)
     frame = bytes(1000)
     for _ in range(200):                              # one pass: nothing is flushed yet
         link.client.send_frame(PLAIN_HDR + frame)
@@ -452,12 +549,6 @@ class KernelGate:
         self.session.loop.want_flush(self.session, self.session.flush)
 
 
-@pytest.fixture
-def small_water(monkeypatch):
-    monkeypatch.setattr(transport, "HIGH_WATER_B", 64 * 1024)
-    monkeypatch.setattr(transport, "LOW_WATER_B", 16 * 1024)
-
-
 def congest(session) -> list:
     """Queue numbered frames until the session is congested; return them."""
     rng = random.Random(5)
@@ -474,9 +565,11 @@ def queued(session) -> int:
 
 
 def test_a_destination_that_stays_paused_stalls_then_drops_past_high_water(
-        link, loop, monkeypatch, small_water):
-    monkeypatch.setattr(transport, "STALL_S", 0.05)
+        link_with, loop, monkeypatch):
+    link = link_with(stall_s=0.05, **SMALL_WATER)
     c = link.client
+    high, low = SMALL_WATER["high_water_b"], SMALL_WATER["low_water_b"]
+    cap = c.thresholds.hard_cap_b
     gate = KernelGate(c, monkeypatch)
     sent = congest(c)
     source = FakePort("tap")
@@ -492,22 +585,22 @@ def test_a_destination_that_stays_paused_stalls_then_drops_past_high_water(
     assert c.waiters == set() and c._stall_timer is None
     assert c.snapshot(loop.clock())["stalled"] is True
 
-    # stalled: frames past HIGH_WATER_B are dropped, far below HARD_CAP_B
+    # stalled: frames past high water are dropped, far below the hard cap
     frame = PLAIN_HDR + bytes(1500)
-    n = 2 * transport.HIGH_WATER_B // 1500
+    n = 2 * high // 1500
     for _ in range(n):
         c.send_frame(frame)
     kept = c.frames_out - len(sent)
     assert c.drops > 0 and kept + c.drops == n
-    assert queued(c) <= transport.HIGH_WATER_B + wire.HEADER_LEN + 1500
-    assert transport.HIGH_WATER_B + wire.HEADER_LEN + 1500 < transport.HARD_CAP_B
+    assert queued(c) <= high + wire.HEADER_LEN + 1500
+    assert high + wire.HEADER_LEN + 1500 < cap
 
     # it stays stalled while nothing drains
     loop.call_later(0.05, loop.stop)
     loop.run()
     assert c.stalled
 
-    # and clears once drained below LOW_WATER_B, not before
+    # and clears once drained below low water, not before
     cleared_at = []
     flush = c.flush
 
@@ -520,20 +613,20 @@ def test_a_destination_that_stays_paused_stalls_then_drops_past_high_water(
     monkeypatch.setattr(c, "flush", watched_flush)
     gate.open()
     run_until(loop, lambda: not c.stalled, timeout_s=10, what="the stall to clear")
-    assert cleared_at and cleared_at[0] < transport.LOW_WATER_B
+    assert cleared_at and cleared_at[0] < low
     run_until(loop, lambda: len(link.frames["server"]) == c.frames_out, timeout_s=10,
               what="every frame kept")
     assert link.frames["server"][:len(sent)] == sent
 
-    # no longer stalled: past HIGH_WATER_B frames are queued again (up to HARD_CAP_B)
+    # no longer stalled: past high water frames are queued again (up to the hard cap)
     drops = c.drops
     for _ in range(n):
         c.send_frame(frame)
     assert c.drops == drops and c.congested
 
 
-def test_a_stall_clears_only_below_low_water(link, loop, monkeypatch, small_water):
-    monkeypatch.setattr(transport, "STALL_S", 0.01)
+def test_a_stall_clears_only_below_low_water(link_with, loop, monkeypatch):
+    link = link_with(stall_s=0.01, **SMALL_WATER)
     c = link.client
     gate = KernelGate(c, monkeypatch)
     congest(c)
@@ -546,11 +639,11 @@ def test_a_stall_clears_only_below_low_water(link, loop, monkeypatch, small_wate
         c.flush()
         levels.append((queued(c), c.stalled))
     assert len(levels) > 5
-    assert all(stalled == (q >= transport.LOW_WATER_B) for q, stalled in levels)
+    assert all(stalled == (q >= SMALL_WATER["low_water_b"]) for q, stalled in levels)
 
 
-def test_a_destination_that_drains_in_time_never_stalls(link, loop, monkeypatch, small_water):
-    monkeypatch.setattr(transport, "STALL_S", 0.25)
+def test_a_destination_that_drains_in_time_never_stalls(link_with, loop, monkeypatch):
+    link = link_with(stall_s=0.25, **SMALL_WATER)
     c = link.client
     gate = KernelGate(c, monkeypatch)
     congest(c)
@@ -570,8 +663,8 @@ def test_a_destination_that_drains_in_time_never_stalls(link, loop, monkeypatch,
     assert not c.stalled and first.resumes == second.resumes == 1
 
 
-def test_close_cancels_the_stall_timer(link, loop, monkeypatch):
-    monkeypatch.setattr(transport, "STALL_S", 0.02)
+def test_close_cancels_the_stall_timer(link_with, loop):
+    link = link_with(stall_s=0.02)
     source = FakePort("tap")
     link.client.add_waiter(source)
     timer = link.client._stall_timer
