@@ -90,12 +90,12 @@ class NodeCollector(Collector):
     def _hub(self, hub, now):
         yield GaugeMetricFamily("l2vpn_sessions", "Spoke sessions up", value=len(hub.sessions))
         yield CounterMetricFamily("l2vpn_handshakes", "Connections a TLS handshake began on",
-                                  value=hub.handshakes)
+                                  value=hub.admission.handshakes)
         fails = CounterMetricFamily("l2vpn_handshake_failures",
                                     "Handshakes or hellos that failed, by reason",
                                     labels=["reason"])
         for reason in FAILURES:
-            fails.add_metric([reason], hub.handshake_failures.get(reason, 0))
+            fails.add_metric([reason], hub.admission.handshake_failures.get(reason, 0))
         yield fails
 
         sw = hub.switch
@@ -129,7 +129,8 @@ class NodeCollector(Collector):
                                 "until the next expiry pass, within a second)", value=len(sw))
         yield CounterMetricFamily("l2vpn_mac_moves", "MACs that moved to another port",
                                   value=sw.counters.get("moves", 0))
-        probes = hub.loop_detector.counters.get("probes_sent", 0) if hub.loop_detector is not None else 0
+        detector = hub.bridge.loop_detector
+        probes = detector.counters.get("probes_sent", 0) if detector is not None else 0
         yield CounterMetricFamily("l2vpn_loop_probes_sent", "Loop-detection probes sent",
                                   value=probes)
 

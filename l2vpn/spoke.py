@@ -19,11 +19,12 @@ from l2vpn.logs import DropReports
 from l2vpn.loopguard import PROBE_DST, PROBE_PPS
 from l2vpn.node import Node
 from l2vpn.offload import VNET_HDR_LEN
-from l2vpn.transport import UP, Session, connect
+from l2vpn.transport import UP, Session
 from l2vpn.wire import CAP_FLOOD_LIMITS, CAP_VNET_HDR
 
 log = logging.getLogger("l2vpn.spoke")
 
+HUB_PORT = "hub"   # the spoke's one port, as metrics and capture name it
 JITTER = 0.2
 REPORT_S = 10.0
 _EXPLAIN = {"storm_broadcast": "broadcasts over the hub's limit of {0.broadcast_pps}/s",
@@ -34,8 +35,8 @@ _EXPLAIN = {"storm_broadcast": "broadcasts over the hub's limit of {0.broadcast_
 class Spoke(Node):
     role = "spoke"
 
-    def __init__(self, cfg, loop=None, rng=None, notifier=None):
-        super().__init__(cfg, loop, notifier)
+    def __init__(self, cfg, edges, loop=None, rng=None, notifier=None):
+        super().__init__(cfg, edges, loop, notifier)
         self.session = None
         self.rng = rng or random.Random()
         self.backoff_s = cfg.reconnect.initial_s
@@ -59,7 +60,7 @@ class Spoke(Node):
         self._retry_timer = None
         hub = self.cfg.hub
         try:
-            sock, remote = connect(hub.address, hub.port)
+            sock, remote = self.edges.connect(hub.address, hub.port)
         except TransportError as e:
             self._retry(str(e))
             return
@@ -82,6 +83,11 @@ class Spoke(Node):
     def peer_sessions(self) -> list:
         return [self.session] if self.session is not None else []
 
+    def ports(self) -> dict:
+        """A spoke's one named port is its session with the hub, while it is up."""
+        s = self.session
+        return {HUB_PORT: s} if s is not None and s.state == UP else {}
+
     def _on_up(self, session):
         if session.peer.mtu != self.cfg.tap.mtu:
             log.warning("hub has MTU %d, we have %d: frames above the smaller one will be "
@@ -90,6 +96,7 @@ class Spoke(Node):
                  "super-frames carried whole" if session.vnet else "plain frames")
         self.backoff_s = self.cfg.reconnect.initial_s
         self.last_error = None
+        self._port_up(HUB_PORT, session)
         return None
 
     def _on_limits(self, session, limits):
@@ -105,6 +112,8 @@ class Spoke(Node):
         if session is self.session:
             self.session = None
             self.limiter = None   # the next hub (or this one, restarted) sends its own
+            if session.up_since is not None:
+                self._port_down(HUB_PORT, session)
         if self.stopping:
             return
         if session.up_since is not None:

@@ -379,6 +379,18 @@ class SwitchTable:
         rows.sort(key=lambda row: (order[row[1]], row[0]))
         return rows
 
+    def port_macs(self, port) -> list[bytes]:
+        """The MACs learnt on `port`, sorted; none for a port that is gone."""
+        p = self._state.get(port)
+        return sorted(p.macs) if p is not None else []
+
+    def entry(self, mac: bytes, now: float):
+        """(port, age_s) of a live entry for `mac`, or None."""
+        e = self._macs.get(mac)
+        if e is None or now - e.seen > self.aging_s:
+            return None
+        return e.home.port, now - e.seen
+
     def __contains__(self, mac) -> bool:
         """True while `mac` has an entry (aged or not: expire() removes those)."""
         return mac in self._macs

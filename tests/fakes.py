@@ -214,3 +214,100 @@ def hub_config(tmp_path, port: int = 7443, aging_s: float = 60.0):
         tls=TLSConfig(Path("ca.crt"), Path("hub.crt"), Path("hub.key")), tap=None,
         switch=SwitchConfig(aging_s=aging_s, max_entries=1024),
         management=ManagementConfig(socket=tmp_path / "hub.sock"), keepalive=KeepaliveConfig())
+
+
+# -- edges: what a node would open on the host, in memory -----------------------------
+
+
+class FakeTapDevice:
+    """A TAP without /dev/net/tun: one end of a SOCK_SEQPACKET pair (each write one frame).
+    The test holds `lan`, the other end: what it sends there the node reads off its TAP."""
+
+    vnet_hdr = False
+    offloads = 0
+    needs_net_admin_at_close = False
+
+    def __init__(self, name: str, mtu: int = 1500, mac: bytes = b"\x02\x00\x00\x00\x00\x99"):
+        self.name, self.mtu, self.mac = name, mtu, mac
+        self.lan, self._dev = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._dev.setblocking(False)
+        self.lan.settimeout(5.0)
+        self.fd = self._dev.fileno()
+        self.read_size = mtu + 18
+
+    def close(self) -> None:
+        self._dev.close()
+        self.lan.close()
+
+
+class FakeNetwork:
+    """Listeners and connects inside one process over socket pairs: no ports, no root.
+
+    `edges()` gives a node Edges whose TAP is a FakeTapDevice (kept in `taps` by name),
+    whose listener is a doorbell this network rings when a spoke connects to its address,
+    and which takes no signals (several nodes share one process)."""
+
+    def __init__(self):
+        self.listeners = {}    # (address, port) -> FakeListener
+        self.taps = {}         # TAP name -> FakeTapDevice
+        self._ports = itertools.count(40000)
+
+    def edges(self):
+        from l2vpn.edges import Edges
+        return Edges(tap=self._tap, listen=self._listen, connect=self._connect, signals=False)
+
+    def _tap(self, tap_cfg, node):
+        dev = FakeTapDevice(tap_cfg.name, tap_cfg.mtu)
+        self.taps[tap_cfg.name] = dev
+        return dev
+
+    def _listen(self, address, port):
+        listener = FakeListener(self, (address, port))
+        self.listeners[(address, port)] = listener
+        return listener
+
+    def _connect(self, host, port):
+        from l2vpn.errors import TransportError
+        listener = self.listeners.get((host, port))
+        if listener is None:
+            raise TransportError(f"cannot connect to {host}:{port}: connection refused")
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        listener.ring(theirs, ("198.18.0.99", next(self._ports)))
+        return ours, f"{host}:{port}"
+
+
+class FakeListener:
+    """What `accept()` hands out is queued by FakeNetwork._connect; the fd is readable while
+    anything waits, as a listening socket's is."""
+
+    def __init__(self, network, where):
+        self.network, self.where = network, where
+        self._bell_r, self._bell_w = socket.socketpair()
+        self._bell_r.setblocking(False)
+        self.queue = []
+
+    def fileno(self) -> int:
+        return self._bell_r.fileno()
+
+    def ring(self, sock, addr) -> None:
+        self.queue.append((sock, addr))
+        self._bell_w.send(b"x")
+
+    def accept(self):
+        if not self.queue:
+            raise BlockingIOError
+        self._bell_r.recv(1)
+        return self.queue.pop(0)
+
+    def close(self) -> None:
+        self.network.listeners.pop(self.where, None)
+        for sock, _ in self.queue:
+            sock.close()
+        self._bell_r.close()
+        self._bell_w.close()
+
+
+def edges():
+    """Edges for a node a test drives through its parts and never starts."""
+    return FakeNetwork().edges()

@@ -12,8 +12,9 @@ from cryptography import x509
 from fakes import call_in_thread
 
 import l2vpn
-from l2vpn import cli, hub, pki, spoke
+from l2vpn import cli, edges, hub, pki, spoke
 from l2vpn.cli import main, render_status
+from l2vpn.edges import REAL
 from l2vpn.config import TLSConfig
 from l2vpn.eventloop import EventLoop
 from l2vpn.management import ManagementServer
@@ -337,8 +338,8 @@ def test_run_starts_the_role_the_config_describes(role, ca, tmp_path, monkeypatc
     started = []
 
     class Recorder:
-        def __init__(self, cfg, notifier=None):
-            started.append((type(self).__name__, cfg.node, notifier))
+        def __init__(self, cfg, edges, notifier=None):
+            started.append((type(self).__name__, cfg.node, notifier, edges))
 
         def start(self):
             pass
@@ -351,7 +352,7 @@ def test_run_starts_the_role_the_config_describes(role, ca, tmp_path, monkeypatc
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     doc = hub_doc(ca, tmp_path) if role == "hub" else spoke_doc(ca, tmp_path)
     assert main(["run", "-c", str(write_config(tmp_path, doc))]) == 0
-    assert started == [(role.title(), doc["node"], None)]
+    assert started == [(role.title(), doc["node"], None, REAL)]   # the real edges
 
 
 def refuse(*a, **kw):
@@ -361,11 +362,8 @@ def refuse(*a, **kw):
 @pytest.mark.parametrize("verb", ["hub", "spoke"])
 def test_node_with_a_key_that_does_not_match_exits_2_naming_tls_key(verb, ca, tmp_path, capsys,
                                                                     monkeypatch):
-    for module, names in ((hub, ("listen",)), (spoke, ("connect",))):
-        for name in names:
-            monkeypatch.setattr(module, name, refuse)
-    monkeypatch.setattr(hub.Hub, "open_tap", refuse)
-    monkeypatch.setattr(spoke.Spoke, "open_tap", refuse)
+    monkeypatch.setattr(edges, "REAL", edges.Edges(tap=refuse, listen=refuse, connect=refuse,
+                                                   management=refuse))
     doc = hub_doc(ca, tmp_path) if verb == "hub" else spoke_doc(ca, tmp_path)
     doc["tls"]["key"] = str(ca / ("site-a.key" if verb == "hub" else "hub.key"))
     path = write_config(tmp_path, doc)
@@ -379,10 +377,8 @@ def test_node_with_a_key_that_does_not_match_exits_2_naming_tls_key(verb, ca, tm
 @pytest.mark.parametrize("verb", ["hub", "spoke"])
 def test_node_with_a_key_open_to_others_exits_2_naming_tls_key(verb, ca, tmp_path, capsys,
                                                                monkeypatch):
-    monkeypatch.setattr(hub, "listen", refuse)
-    monkeypatch.setattr(spoke, "connect", refuse)
-    monkeypatch.setattr(hub.Hub, "open_tap", refuse)
-    monkeypatch.setattr(spoke.Spoke, "open_tap", refuse)
+    monkeypatch.setattr(edges, "REAL", edges.Edges(tap=refuse, listen=refuse, connect=refuse,
+                                                   management=refuse))
     doc = hub_doc(ca, tmp_path) if verb == "hub" else spoke_doc(ca, tmp_path)
     key = tmp_path / "exposed.key"
     key.write_bytes(open(doc["tls"]["key"], "rb").read())

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from fakes import (FakeClock, FakeSession, call_in_thread, eth, hub_config, run_bounded,
+from fakes import (FakeClock, edges, FakeSession, call_in_thread, eth, hub_config, run_bounded,
                    run_until)
 from fakes import metric_samples as samples
 
@@ -29,6 +29,7 @@ from l2vpn.config import (
 )
 from l2vpn.errors import ConfigError, TransportError
 from l2vpn.frame import BROADCAST
+from l2vpn.edges import REAL
 from l2vpn.hub import Hub
 from l2vpn.eventloop import EventLoop
 from l2vpn.spoke import Spoke
@@ -62,7 +63,7 @@ class FakeTap:
 def up_session(hub, cn, clock, up_s=12.0):
     s = FakeSession(cn, up_since=clock.now - up_s)
     s.frames_in = s.bytes_in = 0
-    assert hub._on_up(s) is None
+    assert hub.admission.on_up(s) is None
     return s
 
 
@@ -75,7 +76,7 @@ def clock():
 def hub(tmp_path, clock):
     cfg = hub_config(tmp_path, port=0)
     loop = EventLoop(clock=clock)
-    h = Hub(cfg, loop=loop)
+    h = Hub(cfg, edges(), loop=loop)
     yield h
     loop.close()
 
@@ -88,7 +89,7 @@ def spoke(tmp_path, clock):
         tap=TapConfig("l2vpn0"), management=ManagementConfig(tmp_path / "spoke.sock"),
         keepalive=KeepaliveConfig(), reconnect=ReconnectConfig())
     loop = EventLoop(clock=clock)
-    s = Spoke(cfg, loop=loop)
+    s = Spoke(cfg, edges(), loop=loop)
     yield s
     loop.close()
 
@@ -103,16 +104,16 @@ def test_hub_metrics_follow_the_contract(hub, clock):
     a = up_session(hub, "site-a", clock, up_s=12.0)
     b = up_session(hub, "site-b", clock, up_s=3.0)
     a.frames_in, a.bytes_in = 5, 500
-    hub._forward(a, eth(BROADCAST, mac(1)))           # learns mac 1 on site-a, floods
-    hub._forward(b, eth(mac(1), mac(2)))              # learns mac 2 on site-b, forwards
-    hub._forward(a, eth(mac(2), BROADCAST))           # a group source: dropped
-    hub._forward(tap, eth(BROADCAST, mac(3)))         # learns mac 3 on hub
+    hub.bridge.forward(a, eth(BROADCAST, mac(1)))           # learns mac 1 on site-a, floods
+    hub.bridge.forward(b, eth(mac(1), mac(2)))              # learns mac 2 on site-b, forwards
+    hub.bridge.forward(a, eth(mac(2), BROADCAST))           # a group source: dropped
+    hub.bridge.forward(tap, eth(BROADCAST, mac(3)))         # learns mac 3 on hub
     clock.advance(10)                                 # past the move hold-down
-    hub._forward(b, eth(BROADCAST, mac(1)))           # mac 1 moves to site-b
-    hub._send_probes()                                # one probe out of each port
+    hub.bridge.forward(b, eth(BROADCAST, mac(1)))           # mac 1 moves to site-b
+    hub.bridge.send_probes()                                # one probe out of each port
     hub.switch.block(b)
-    hub.handshakes = 4
-    hub.handshake_failures["expired"] = 2
+    hub.admission.handshakes = 4
+    hub.admission.handshake_failures["expired"] = 2
 
     text = hub.metrics_text().decode()
     got = samples(text)
@@ -152,7 +153,7 @@ def test_hub_metrics_follow_the_contract(hub, clock):
 
 
 def test_hub_without_tap_or_loop_detection_still_answers(hub, clock):
-    hub.loop_detector = None
+    hub.bridge.loop_detector = None
     got = samples(hub.metrics_text().decode())
     assert value(got, "l2vpn_sessions") == 0
     assert value(got, "l2vpn_loop_probes_sent_total") == 0
@@ -342,11 +343,11 @@ def live_hub(tmp_path, fresh_ca, loop):
         path=tmp_path / "hub.yaml", node="hub", listen=ListenConfig("127.0.0.1", 0), tls=tls,
         tap=None, switch=SwitchConfig(), management=ManagementConfig(tmp_path / "hub.sock"),
         keepalive=KeepaliveConfig())
-    h = Hub(cfg, loop=loop)
+    h = Hub(cfg, REAL, loop=loop)
     h._start()
     yield h
-    h.listener.close()
-    for s in list(h.sessions.values()) + list(h.pending):
+    h.admission.listener.close()
+    for s in list(h.sessions.values()) + list(h.admission.pending):
         s.close("test over")
 
 
@@ -363,7 +364,7 @@ def client_context(ca_dir, name=None, cert_dir=None):
 
 def talk(hub, ctx, send: bytes = b"", tls: bool = True):
     """Connect to the hub, handshake (or not), send, and read until it closes."""
-    port = hub.listener.getsockname()[1]
+    port = hub.admission.listener.getsockname()[1]
 
     def client():
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
@@ -379,7 +380,7 @@ def talk(hub, ctx, send: bytes = b"", tls: bool = True):
 
 
 def failures(hub) -> dict:
-    return {k: v for k, v in hub.handshake_failures.items() if v}
+    return {k: v for k, v in hub.admission.handshake_failures.items() if v}
 
 
 def wait_failures(hub, expected):
@@ -388,7 +389,7 @@ def wait_failures(hub, expected):
 
 def test_handshake_failures_are_classified(live_hub, fresh_ca, tmp_path, monkeypatch):
     hub = live_hub
-    assert set(hub.handshake_failures) == set(transport.FAILURES)
+    assert set(hub.admission.handshake_failures) == set(transport.FAILURES)
     talk(hub, client_context(fresh_ca))                       # no client certificate
     wait_failures(hub, {"no_certificate": 1})
 
@@ -418,18 +419,18 @@ def test_handshake_failures_are_classified(live_hub, fresh_ca, tmp_path, monkeyp
     wait_failures(hub, {"no_certificate": 1, "untrusted": 1, "expired": 1,
                         "name_mismatch": 1, "revoked": 1, "protocol": 1})
 
-    monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT_S", 0.05)
-    port = hub.listener.getsockname()[1]
+    hub.admission.thresholds = transport.Thresholds(handshake_timeout_s=0.05)
+    port = hub.admission.listener.getsockname()[1]
     with socket.create_connection(("127.0.0.1", port), timeout=5):   # never speaks
-        run_until(hub.loop, lambda: hub.handshake_failures["timeout"] == 1,
+        run_until(hub.loop, lambda: hub.admission.handshake_failures["timeout"] == 1,
                   what="the handshake timeout")
-    assert hub.handshakes == 7
+    assert hub.admission.handshakes == 7
     assert hub.metrics_text().decode().count('l2vpn_handshake_failures_total{reason=') == 7
 
 
 def test_a_good_spoke_is_a_handshake_but_no_failure(live_hub, fresh_ca):
     hub = live_hub
-    port = hub.listener.getsockname()[1]
+    port = hub.admission.listener.getsockname()[1]
     sock, remote = transport.connect("127.0.0.1", port)
     ctx = pki.spoke_context(TLSConfig(fresh_ca / "ca.crt", fresh_ca / "site-a.crt",
                                       fresh_ca / "site-a.key"), None)

@@ -1,11 +1,12 @@
 """storm.py's token buckets and flood limiter, and the spoke that applies a hub's limits."""
 
+import dataclasses
 import logging
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from fakes import FakeClock, FakePort, FakeSession
+from fakes import FakeClock, FakePort, FakeSession, edges
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -151,7 +152,7 @@ def make_spoke(tmp_path):
             keepalive=KeepaliveConfig(), reconnect=ReconnectConfig())
         loop = EventLoop(clock=FakeClock(1000.0))
         loops.append(loop)
-        spoke = Spoke(cfg, loop=loop)
+        spoke = Spoke(cfg, edges(), loop=loop)
         spoke.tap = FakeTapPort("site-a")
         spoke.session = FakeSession("hub")
         spoke.check_session_health = lambda session, now: None   # keepalives: not here
@@ -237,7 +238,8 @@ def test_spoke_offers_to_apply_flood_limits_unless_told_not_to(make_spoke, monke
             seen.update(kw)
 
     spoke = make_spoke(flood_limits)
-    monkeypatch.setattr("l2vpn.spoke.connect", lambda host, port: (None, "198.18.0.1:7443"))
+    spoke.edges = dataclasses.replace(spoke.edges,
+                                      connect=lambda host, port: (None, "198.18.0.1:7443"))
     monkeypatch.setattr("l2vpn.spoke.Session", Recorder)
     spoke.context = None
     spoke._connect()
