@@ -29,7 +29,8 @@ def cmd_node(args) -> int:
         from l2vpn.hub import Hub as node_cls
     else:
         from l2vpn.spoke import Spoke as node_cls
-    node = node_cls(cfg, notifier=Notifier.from_environ())
+    from l2vpn.edges import REAL
+    node = node_cls(cfg, REAL, notifier=Notifier.from_environ())
     try:
         node.start()
     except PKIError as e:
@@ -107,6 +108,34 @@ def cmd_metrics(args) -> int:
         print(f"error: {reply.get('error', 'the node sent no metrics')}", file=sys.stderr)
         return EXIT_FAIL
     sys.stdout.write(reply["metrics"])
+    return EXIT_OK
+
+
+def cmd_capture(args) -> int:
+    from l2vpn import capture
+    from l2vpn.management import request
+    target = args.write
+    if target is None:
+        if sys.stdout.isatty():
+            print("l2vpn: capture: pass -w FILE, or -w - to stream pcapng to a pipe "
+                  "(l2vpn capture -w - | tshark -r -)", file=sys.stderr)
+            return EXIT_USAGE
+        target = "-"
+    path = _socket_of(args)
+    sock = request(path, capture.request_line(args.port, args.gso, args.count))
+    out = capture.Output(target)
+    try:
+        with capture.stop_signals() as stop:
+            summary = capture.receive(
+                sock, out.write, count=args.count, seconds=args.seconds, stop=stop,
+                note=lambda text: print(f"l2vpn: capture: {text}", file=sys.stderr))
+    except capture.CaptureRefused as e:
+        print(f"l2vpn: capture: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        sock.close()
+        out.close()
+    print(f"l2vpn: capture: {summary.line()}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -298,6 +327,26 @@ def _mac_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not a MAC address: {text!r}") from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return n
+
+
+def _positive_float(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        x = 0.0
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return x
+
+
 def _ip_arg(text: str) -> str:
     import ipaddress
     try:
@@ -360,6 +409,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="management socket (default: the one in /run/l2vpn)")
     v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
     v.set_defaults(func=cmd_metrics)
+
+    v = verbs.add_parser(
+        "capture", help="capture the frames crossing a node's ports, as pcapng",
+        description="Stream what crosses the named ports (default: all, including ports "
+                    "that come up during the capture), both directions, as pcapng with one "
+                    "interface per port and each frame's direction. Frames appear as a host "
+                    "on the wire sees them (super-frames segmented, checksums complete). "
+                    "Ends on Ctrl-C, -n, --seconds or the node exiting, always with a valid "
+                    "file; frames lost because the reader was too slow are counted and "
+                    "reported. Needs root (the management socket is 0600).")
+    v.add_argument("-s", "--socket", metavar="SOCKET",
+                   help="management socket (default: the one in /run/l2vpn)")
+    v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+    v.add_argument("--port", action="append", metavar="NAME",
+                   help="capture this port (hub: `hub` for its TAP, a spoke's name for its "
+                        "session; spoke: `hub`); repeatable; default: all")
+    v.add_argument("-w", "--write", metavar="FILE|-",
+                   help="write pcapng to FILE, or to stdout with -; default: stdout when it "
+                        "is not a terminal")
+    v.add_argument("-n", "--count", type=_positive_int, metavar="COUNT",
+                   help="stop after COUNT frames")
+    v.add_argument("--seconds", type=_positive_float, metavar="S", help="stop after S seconds")
+    v.add_argument("--gso", action="store_true",
+                   help="keep super-frames whole (as the node carries them) instead of "
+                        "segmenting them")
+    v.set_defaults(func=cmd_capture)
 
     v = verbs.add_parser("pki", help="make a CA, certificates and the CRL",
                          description="A small CA for l2vpn (certificates from openssl or "

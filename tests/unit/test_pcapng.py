@@ -43,3 +43,20 @@ def test_every_block_is_32_bit_aligned_and_its_lengths_agree(tmp_path):
         p += length
     assert p == len(data)
     assert kinds == [0x0A0D0D0A, 1, 6, 1, 6]
+
+
+def test_statistics_comments_and_split_for_a_live_reader(tmp_path):
+    path, frames = capture(tmp_path)
+    data = (pcapng.section_header(comment="waiting for site-c") + path.read_bytes()[len(pcapng.section_header()):] +
+            pcapng.statistics(0, 1796299959.0, 1796299957.0, 7, 3))
+    blocks, used = pcapng.split(data[:-5])             # the last block not whole yet
+    assert used == len(data) - len(pcapng.statistics(0, 0, 0, 0, 0))
+    blocks, used = pcapng.split(data)
+    assert used == len(data)
+    assert [k for k, _ in blocks] == [pcapng.SHB, pcapng.IDB, pcapng.EPB, pcapng.IDB,
+                                      pcapng.EPB, pcapng.ISB]
+    assert pcapng.comment_of(blocks[0][1]) == "waiting for site-c"
+    assert pcapng.dropped_of(blocks[-1][1]) == 3
+    path.write_bytes(data)
+    with PcapNgReader(str(path)) as reader:
+        assert [bytes(p) for p in reader] == frames
