@@ -1,8 +1,10 @@
 """netns-lab/loadgen --quick: a small hub-scale run against the real hub daemon.
 
 20 synthetic spokes with their own certificates announce 2000 MACs, then send unicast
-between each other for 2 s; the report must show every session and MAC held, frames
-forwarded (none flooded or misdelivered) and the hub's memory measured.
+between each other for 2 s, then time two metrics scrapes and two status requests against
+steady streams; the report must show every session and MAC held, frames forwarded (none
+flooded or misdelivered), the hub's memory measured and each request's forwarding stall
+measured beside a quiet baseline (the figures are reported, not judged: CI is no bench).
 """
 
 import json
@@ -57,3 +59,20 @@ def test_hub_memory_and_lookup_cost_are_reported(report):
     assert report["targets"]["hub_rss_mb"]["got_peak"] < 300
     costs = report["lookup_bench"]["ns_per_decide"]
     assert set(costs) == {"1000", "10000", "100000"} and all(v > 0 for v in costs.values())
+
+
+@pytest.mark.parametrize("kind", ["scrape", "status_json"])
+def test_request_stalls_are_measured_against_a_baseline(report, kind):
+    stalls, m = report["stalls"], report["params"]["macs"]
+    assert stalls["pace"]["streams"] >= 2 and stalls["pace"]["misdelivered"] == 0
+    got = stalls[kind]
+    rounds = report["params"]["stall_rounds"]
+    assert len(got["duration_ms"]) == len(got["per_round"]) == rounds
+    assert all(d > 0 for d in got["duration_ms"]) and got["bytes"] > 1000
+    assert got["mac_table_entries"] == m          # the reply saw the whole table
+    assert got["frames_sent"] > 0 and got["frames_lost"] == 0
+    for key in ("max_delay_ms", "max_gap_ms", "baseline_max_delay_ms", "baseline_max_gap_ms"):
+        assert 0 < got[key] < 10_000, key
+        median = key.replace("max_", "median_round_max_", 1)
+        assert got[median] <= got[key], median
+    assert 0 < got["baseline_median_delay_ms"] <= got["baseline_max_delay_ms"]
