@@ -17,8 +17,9 @@ from l2vpn.config import NODE_NAME
 from l2vpn.errors import PKIError
 from l2vpn.logs import RateLimitedLog
 from l2vpn.eventloop import READ
+from l2vpn.tcp import format_addr
 from l2vpn.transport import (CLOSED, DEFAULTS, FAILURES, NAME_MISMATCH, PROTOCOL, UNTRUSTED,
-                             Session, format_addr)
+                             Session)
 from l2vpn.wire import CAP_FLOOD_LIMITS, CAP_VNET_HDR
 
 log = logging.getLogger("l2vpn.hub")

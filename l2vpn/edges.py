@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from l2vpn import tap as tapdev
-from l2vpn import transport
+from l2vpn import tcp
 from l2vpn.management import ManagementServer
 
 
@@ -41,8 +41,8 @@ class Edges:
     """
 
     tap: Callable = open_tap
-    listen: Callable = transport.listen
-    connect: Callable = transport.connect
+    listen: Callable = tcp.listen
+    connect: Callable = tcp.connect
     management: Callable = ManagementServer
     metrics: Callable = serve_metrics
     signals: bool = True

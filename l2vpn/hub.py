@@ -14,7 +14,7 @@ from l2vpn import hubstatus, pki
 from l2vpn.admission import Admission
 from l2vpn.bridge import Bridge
 from l2vpn.node import Node
-from l2vpn.transport import format_addr
+from l2vpn.tcp import format_addr
 
 log = logging.getLogger("l2vpn.hub")
 

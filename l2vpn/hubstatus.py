@@ -17,7 +17,7 @@ import json
 from l2vpn.bridge import port_name
 from l2vpn.frame import format_mac
 from l2vpn.management import Stream
-from l2vpn.transport import format_addr
+from l2vpn.tcp import format_addr
 
 ROWS_PER_PULL = 800     # ~60 KB of JSON and ~6 ms of the loop
 

@@ -26,7 +26,8 @@ from prometheus_client.registry import Collector
 from l2vpn import __version__
 from l2vpn.eventloop import READ, WRITE
 from l2vpn.logs import RateLimitedLog
-from l2vpn.transport import FAILURES, UP, listen
+from l2vpn.tcp import listen
+from l2vpn.transport import FAILURES, UP
 
 log = logging.getLogger("l2vpn.metrics")
 

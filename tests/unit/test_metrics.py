@@ -14,7 +14,7 @@ from fakes import (FakeClock, edges, FakeSession, call_in_thread, eth, hub_confi
                    run_until)
 from fakes import metric_samples as samples
 
-from l2vpn import __version__, config, metrics, pki, transport, wire
+from l2vpn import __version__, config, metrics, pki, tcp, transport, wire
 from l2vpn.config import (
     HubConfig,
     HubEndpoint,
@@ -431,7 +431,7 @@ def test_handshake_failures_are_classified(live_hub, fresh_ca, tmp_path, monkeyp
 def test_a_good_spoke_is_a_handshake_but_no_failure(live_hub, fresh_ca):
     hub = live_hub
     port = hub.admission.listener.getsockname()[1]
-    sock, remote = transport.connect("127.0.0.1", port)
+    sock, remote = tcp.connect("127.0.0.1", port)
     ctx = pki.spoke_context(TLSConfig(fresh_ca / "ca.crt", fresh_ca / "site-a.crt",
                                       fresh_ca / "site-a.key"), None)
     client = transport.Session(hub.loop, sock, remote, context=ctx, server_side=False,

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from fakes import FakePort, run_bounded, run_until, tcp_super_frame
 
-from l2vpn import pki, transport, wire
+from l2vpn import pki, tcp, transport, wire
 from l2vpn.config import TLSConfig
 from l2vpn.errors import LocalProtocolError, TransportError
 from l2vpn.eventloop import READ
@@ -61,7 +61,7 @@ class Link:
         self.caps = {"server": server_caps, "client": client_caps}
         self.server_ctx = server_ctx
         self.server_up_problem = server_up_problem
-        self.listener = transport.listen("127.0.0.1", 0)
+        self.listener = tcp.listen("127.0.0.1", 0)
         self.port = self.listener.getsockname()[1]
         self.server = self.client = None
         self.frames = {"server": [], "client": []}
@@ -72,7 +72,7 @@ class Link:
         self.closes = []
         loop.watch(self.listener, READ, self._accept)
         if client_ctx is not None:
-            sock, remote = transport.connect("127.0.0.1", self.port)
+            sock, remote = tcp.connect("127.0.0.1", self.port)
             self.client = self._session("client", sock, remote, client_ctx, False, "site-a")
 
     def _session(self, side, sock, remote, context, server_side, node):
@@ -99,7 +99,7 @@ class Link:
         sock, addr = self.listener.accept()
         sock.setblocking(False)
         self.loop.forget(self.listener)
-        self.server = self._session("server", sock, transport.format_addr(addr),
+        self.server = self._session("server", sock, tcp.format_addr(addr),
                                     self.server_ctx, True, "hub")
 
     def reason(self, side):
@@ -156,23 +156,23 @@ def numbered(seq: int, size: int, rng: random.Random) -> bytes:
 
 
 def test_listen_on_a_port_in_use_is_one_clear_error():
-    first = transport.listen("127.0.0.1", 0)
+    first = tcp.listen("127.0.0.1", 0)
     try:
         port = first.getsockname()[1]
         with pytest.raises(TransportError, match="already in use"):
-            transport.listen("127.0.0.1", port)
+            tcp.listen("127.0.0.1", port)
     finally:
         first.close()
 
 
 def test_listen_on_a_foreign_address_says_so():
     with pytest.raises(TransportError, match="no interface has that address"):
-        transport.listen("192.0.2.254", 0)
+        tcp.listen("192.0.2.254", 0)
 
 
 def test_format_addr():
-    assert transport.format_addr(("127.0.0.1", 7443)) == "127.0.0.1:7443"
-    assert transport.format_addr(("::1", 7443, 0, 0)) == "[::1]:7443"
+    assert tcp.format_addr(("127.0.0.1", 7443)) == "127.0.0.1:7443"
+    assert tcp.format_addr(("::1", 7443, 0, 0)) == "[::1]:7443"
 
 
 # -- coming up -----------------------------------------------------------------------
