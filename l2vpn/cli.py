@@ -355,6 +355,13 @@ def _ip_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
+def _node_args(verb) -> None:
+    """-s SOCKET | -c FILE: which running node a verb asks (see _socket_of)."""
+    verb.add_argument("-s", "--socket", metavar="SOCKET",
+                      help="management socket (default: the one in /run/l2vpn)")
+    verb.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="l2vpn", description="Hub-and-spoke layer-2 Ethernet VPN over mutual TLS.")
@@ -380,9 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = verbs.add_parser("status", help="show a running node's sessions and MAC table",
                          description="Ask a running hub or spoke over its management socket.")
-    v.add_argument("-s", "--socket", metavar="SOCKET",
-                   help="management socket (default: the one in /run/l2vpn)")
-    v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+    _node_args(v)
     v.add_argument("--json", action="store_true", help="print the raw JSON")
     v.add_argument("--macs", action="store_true",
                    help=f"list every MAC even when there are more than {MACS_LISTED}")
@@ -392,9 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="List the hub's MAC table with the IP addresses each MAC "
                                      "was seen using (ARP, neighbour discovery, DHCP), "
                                      "filtered. Exit 0 when something matched, 1 when not.")
-    v.add_argument("-s", "--socket", metavar="SOCKET",
-                   help="management socket (default: the one in /run/l2vpn)")
-    v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+    _node_args(v)
     v.add_argument("--port", action="append", metavar="P",
                    help="only MACs behind this port (a node name, or hub); repeatable")
     v.add_argument("--mac", type=_mac_arg, metavar="M", help="only this MAC")
@@ -405,9 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = verbs.add_parser("metrics", help="print a running node's Prometheus metrics",
                          description="Ask a running hub or spoke over its management socket "
                                      "for what GET /metrics answers (Prometheus text format).")
-    v.add_argument("-s", "--socket", metavar="SOCKET",
-                   help="management socket (default: the one in /run/l2vpn)")
-    v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+    _node_args(v)
     v.set_defaults(func=cmd_metrics)
 
     v = verbs.add_parser(
@@ -419,9 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Ends on Ctrl-C, -n, --seconds or the node exiting, always with a valid "
                     "file; frames lost because the reader was too slow are counted and "
                     "reported. Needs root (the management socket is 0600).")
-    v.add_argument("-s", "--socket", metavar="SOCKET",
-                   help="management socket (default: the one in /run/l2vpn)")
-    v.add_argument("-c", "--config", metavar="FILE", help="take the socket from this config")
+    _node_args(v)
     v.add_argument("--port", action="append", metavar="NAME",
                    help="capture this port (hub: `hub` for its TAP, a spoke's name for its "
                         "session; spoke: `hub`); repeatable; default: all")
