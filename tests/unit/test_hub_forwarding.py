@@ -87,7 +87,7 @@ def test_learned_mac_ages_out_and_floods_again(hub, clock):
     a, b, c = with_ports(hub, "a", "b", "c")
     hub.bridge.forward(b, eth(BROADCAST, mac(2)))
     clock.advance(AGING_S + 1)
-    hub._tick()                                     # no sessions: only ageing
+    hub.bridge.tick(hub.loop.clock())               # ageing
     assert len(hub.switch) == 0
     c.sent.clear()
     hub.bridge.forward(a, eth(mac(2), mac(1)))
@@ -330,7 +330,7 @@ def test_status_names_the_ips_a_mac_used_and_they_age_with_it(hub, clock):
     hub.bridge.forward(a, arp_from(mac(1), "198.19.0.11"))
     assert [m["ips"] for m in hub.status()["macs"]] == [["198.19.0.11", "198.19.0.10"]]
     clock.advance(AGING_S + 1)
-    hub._tick()
+    hub.bridge.tick(hub.loop.clock())
     assert hub.status()["macs"] == [] and len(hub.bridge.hosts) == 0
 
 
@@ -340,7 +340,7 @@ def test_a_port_that_goes_takes_its_hosts_addresses_along(hub):
     hub.bridge.forward(s, arp_from(mac(2), "198.19.0.20"))
     assert hub.bridge.hosts.ips(mac(2)) == ["198.19.0.20"]
     hub.admission.on_close(s, "test over")
-    hub._tick()
+    hub.bridge.tick(hub.loop.clock())
     assert hub.bridge.hosts.ips(mac(2)) == []
 
 

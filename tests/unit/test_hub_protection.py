@@ -96,7 +96,7 @@ def up(hub, *cns) -> list:
 def with_tap(hub, mtu: int = 1500) -> FakeTap:
     tap = FakeTap(HUB_PORT)
     hub.tap = tap
-    hub._add_port(tap, HUB_PORT, mtu)
+    hub.bridge.add_port(tap, HUB_PORT, mtu)
     return tap
 
 

@@ -100,7 +100,7 @@ def spoke(tmp_path, clock):
 def test_hub_metrics_follow_the_contract(hub, clock):
     tap = FakeTap()
     hub.tap = tap
-    hub._add_port(tap, "hub", 1500)
+    hub.bridge.add_port(tap, "hub", 1500)
     a = up_session(hub, "site-a", clock, up_s=12.0)
     b = up_session(hub, "site-b", clock, up_s=3.0)
     a.frames_in, a.bytes_in = 5, 500
