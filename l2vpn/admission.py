@@ -18,8 +18,8 @@ from l2vpn.errors import PKIError
 from l2vpn.logs import RateLimitedLog
 from l2vpn.eventloop import READ
 from l2vpn.tcp import format_addr
-from l2vpn.transport import (CLOSED, DEFAULTS, FAILURES, NAME_MISMATCH, PROTOCOL, UNTRUSTED,
-                             Session)
+from l2vpn.transport import (CLOSED, DEFAULTS, FAILURES, NAME_MISMATCH, NOT_LISTED, PROTOCOL,
+                             UNTRUSTED, Session)
 from l2vpn.wire import CAP_FLOOD_LIMITS, CAP_VNET_HDR
 
 log = logging.getLogger("l2vpn.hub")
@@ -107,7 +107,15 @@ class Admission:
             session.failure = NAME_MISMATCH
             return f"refused: CN {cn!r} is the name of the hub's own TAP port"
         session.cn = cn
+        if not self.listed(cn):
+            session.failure = NOT_LISTED
+            return (f"refused: {cn} is not listed under ports (admit: listed); add "
+                    f"ports: {{{cn}: {{}}}} to admit it")
         return self.revoked(session)
+
+    def listed(self, cn: str) -> bool:
+        """Whether `admit` lets this CN in: any, or listed under `ports`."""
+        return self.cfg.admit != "listed" or cn in self.cfg.ports
 
     def on_up(self, session):
         """After the hello: the session becomes the port named by its CN."""

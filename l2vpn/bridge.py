@@ -40,20 +40,15 @@ IP4_PROTO = VNET_HDR_LEN + 14 + 9       # an untagged IPv4 packet's protocol byt
 class Bridge:
     """Switches frames between the ports added to it; `forward` is every port's `on_frame`."""
 
-    def __init__(self, loop, sw):
+    def __init__(self, loop, sw, ports=None):
         self.loop = loop
         self.cfg = sw             # config.SwitchConfig
-        self.guards = {kind: frozenset(g.trusted) for kind, g in
-                       ((guard.DHCP, sw.dhcp_guard), (guard.RA, sw.ra_guard)) if g is not None}
-        self.switch = SwitchTable(
-            aging_s=sw.aging_s, max_entries=sw.max_entries,
-            max_macs_per_port=sw.max_macs_per_port, holddown_s=sw.mac_move_holddown_s,
-            storm_pps=(sw.storm.broadcast_pps, sw.storm.multicast_pps,
-                       sw.storm.unknown_unicast_pps),
-            guards=frozenset(self.guards),
-            intercept=loopguard.PROBE_DST if sw.loop_detection else None,
-            probe_pps=loopguard.PROBE_PPS)
+        self.ports_cfg = dict(ports or {})   # port name -> config.PortConfig (its own limits)
+        self.names = {}           # port -> the name it was added under
+        self.guards = _guards(sw)
+        self.switch = SwitchTable(**_table_settings(sw, self.guards))
         self.loop_detector = loopguard.LoopGuard(os.urandom(32)) if sw.loop_detection else None
+        self._probe_timer = None
         self.hosts = HostTable(max_macs=sw.max_entries)   # MAC -> the IPs it uses
         self._hosts_stale = False   # MACs were forgotten: drop their addresses at the tick
         self.drop_reports = DropReports(REPORT_S)   # per port
@@ -65,10 +60,46 @@ class Bridge:
 
     # -- ports -----------------------------------------------------------------------
     def add_port(self, port, name, mtu):
-        self.switch.add_port(port, mtu=mtu,
-                             trusted={kind for kind, names in self.guards.items() if name in names})
+        self.names[port] = name
+        self.switch.add_port(port, mtu=mtu, **self._port_settings(name))
         if self.loop_detector is not None:
             self.loop_detector.add_port(port, name)
+
+    def _port_settings(self, name) -> dict:
+        own = self.ports_cfg.get(name)
+        st = own.storm if own is not None else None
+        return {"trusted": {kind for kind, names in self.guards.items() if name in names},
+                "max_macs": own.max_macs if own is not None else None,
+                "storm_pps": None if st is None else
+                (st.broadcast_pps, st.multicast_pps, st.unknown_unicast_pps)}
+
+    def reconfigure(self, sw, ports) -> None:
+        """Apply new switch settings and per-port limits live (a reload); MACs stay
+        learnt, blocks and counters stay, loop detection starts or stops."""
+        self.cfg, self.ports_cfg = sw, dict(ports or {})
+        self.guards = _guards(sw)
+        self.switch.configure(**_table_settings(sw, self.guards))
+        for port, name in self.names.items():
+            self.switch.set_port(port, **self._port_settings(name))
+        self.hosts.max_macs = sw.max_entries
+        if sw.loop_detection and self.loop_detector is None:
+            self.loop_detector = loopguard.LoopGuard(os.urandom(32))
+            for port, name in self.names.items():
+                self.loop_detector.add_port(port, name)
+            self.start_probes()
+        elif not sw.loop_detection and self.loop_detector is not None:
+            for port in list(self.names):
+                self.loop_detector.remove_port(port)
+                self.switch.unblock(port)
+            self.loop_detector = None
+            self._probe_timer.cancel()
+            self._probe_timer = None
+
+    def start_probes(self) -> None:
+        """Probe for loops every loopguard interval (with loop detection on)."""
+        if self.loop_detector is not None and self._probe_timer is None:
+            self._probe_timer = self.loop.call_every(self.loop_detector.interval_s,
+                                                     self.send_probes)
 
     def drop_port(self, port) -> int:
         """Forget the port and what was learnt on it; returns the MACs flushed."""
@@ -81,6 +112,7 @@ class Bridge:
         for mac in gone:
             del self._flappers[mac]
         self.drop_reports.forget(port)
+        self.names.pop(port, None)
         self.throttled.pop(port, None)
         self._refused.pop(port, None)
         self._hosts_stale = True
@@ -183,6 +215,22 @@ class Bridge:
         info = self.switch.port_info(port)
         info["throttled"] = self.throttled.get(port, 0)
         return info
+
+
+def _guards(sw) -> dict:
+    """guard kind -> the port names trusted for it, for the guards that are on."""
+    return {kind: frozenset(g.trusted) for kind, g in
+            ((guard.DHCP, sw.dhcp_guard), (guard.RA, sw.ra_guard)) if g is not None}
+
+
+def _table_settings(sw, guards) -> dict:
+    return {"aging_s": sw.aging_s, "max_entries": sw.max_entries,
+            "max_macs_per_port": sw.max_macs_per_port, "holddown_s": sw.mac_move_holddown_s,
+            "storm_pps": (sw.storm.broadcast_pps, sw.storm.multicast_pps,
+                          sw.storm.unknown_unicast_pps),
+            "guards": frozenset(guards),
+            "intercept": loopguard.PROBE_DST if sw.loop_detection else None,
+            "probe_pps": loopguard.PROBE_PPS}
 
 
 _EXPLAIN = {

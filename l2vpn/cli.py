@@ -10,7 +10,8 @@ import os
 import sys
 from pathlib import Path
 
-from l2vpn import __version__, config, logs, pki, privilege
+from l2vpn import __version__, config, logs, pki
+from l2vpn import reload as config_reload
 from l2vpn.errors import ConfigError, L2VPNError, PKIError
 from l2vpn.sdnotify import Notifier
 
@@ -34,18 +35,9 @@ def cmd_node(args) -> int:
     try:
         node.start()
     except PKIError as e:
-        raise ConfigError(tls_problem(cfg, str(e))) from None
+        raise ConfigError(config_reload.tls_problem(cfg, str(e))) from None
     node.run()
     return EXIT_OK
-
-
-def tls_problem(cfg, message: str) -> str:
-    """Name the config file and the tls key a certificate problem comes from."""
-    for key in ("key", "cert", "ca", "crl"):
-        path = getattr(cfg.tls, key)
-        if path is not None and message.startswith(str(path)):
-            return f"{cfg.path}: tls.{key}: {message}"
-    return f"{cfg.path}: tls: {message}"
 
 
 def detect_role(path) -> str:
@@ -67,12 +59,7 @@ def cmd_check(args) -> int:
         for line in e.problems:
             print(line)
         return EXIT_USAGE
-    problems = [tls_problem(cfg, line) for line in pki.check_tls(cfg.tls, role, cfg.node)]
-    if cfg.user is not None:
-        try:
-            privilege.resolve_config(cfg)
-        except ConfigError as e:
-            problems += e.problems
+    problems = config_reload.problems(cfg, role)
     for line in problems:
         print(line)
     if problems:
@@ -108,6 +95,29 @@ def cmd_metrics(args) -> int:
         print(f"error: {reply.get('error', 'the node sent no metrics')}", file=sys.stderr)
         return EXIT_FAIL
     sys.stdout.write(reply["metrics"])
+    return EXIT_OK
+
+
+def cmd_reload(args) -> int:
+    from l2vpn.management import query
+    reply = query(_socket_of(args), "reload", timeout_s=30.0)
+    if "error" in reply:
+        print(f"error: {reply['error']}", file=sys.stderr)
+        return EXIT_FAIL
+    if not reply.get("ok"):
+        if args.json:
+            print(json.dumps({"problems": reply.get("problems", [])}, indent=2))
+        for line in reply.get("problems", []):
+            print(line, file=sys.stderr)
+        print("l2vpn: reload: the node keeps its running config", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps({"changed": reply["changed"], "needs_restart": reply["needs_restart"]},
+                         indent=2))
+        return EXIT_OK
+    print(f"changed: {', '.join(reply['changed'])}" if reply["changed"] else "nothing changed")
+    if reply["needs_restart"]:
+        print(f"needs a restart (old values kept): {', '.join(reply['needs_restart'])}")
     return EXIT_OK
 
 
@@ -410,6 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "for what GET /metrics answers (Prometheus text format).")
     _node_args(v)
     v.set_defaults(func=cmd_metrics)
+
+    v = verbs.add_parser("reload", help="apply a running node's changed config without a restart",
+                         description="Ask a running node to read its config and TLS files "
+                                     "again. Nothing changes unless all of it is valid (then "
+                                     "the problems are printed, exit 2); sessions whose own "
+                                     "settings did not change carry on. Prints what changed "
+                                     "and what needs a restart.")
+    _node_args(v)
+    v.add_argument("--json", action="store_true",
+                   help='print {"changed": [...], "needs_restart": [...]}')
+    v.set_defaults(func=cmd_reload)
 
     v = verbs.add_parser(
         "capture", help="capture the frames crossing a node's ports, as pcapng",

@@ -4,7 +4,12 @@ Theory of operation: `SECTIONS` is the whole schema. Each row names a top-level 
 keys it may hold, a check per key, which roles accept it and which require it. `_load`
 walks the document against that table, gathers every problem before giving up, and only
 then builds the dataclasses, so a user fixes all their mistakes in one pass. A new
-setting is a new row (and a field on the dataclass the row builds).
+setting is a new row (and a field on the dataclass the row builds, and a line in RELOAD).
+
+Most sections hold fixed keys; `ports` is a section of named entries (one per switch
+port), each holding fixed keys. A reload compares two configs key by key (`diff`): keys
+RELOAD marks live are applied to the running node, the others wait for a restart
+(`merge_live` builds the config to run meanwhile).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,11 +25,15 @@ import yaml
 
 from l2vpn.errors import ConfigError
 from l2vpn.frame import is_group, parse_mac
+from l2vpn.vlan import ACCESS, TRUNK, VID_MAX, VID_MIN, VlanPolicy, parse_vids
 
 ROLES = ("hub", "spoke")
 DEFAULT_PORT = 7443
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEEPALIVE_TIMEOUT_MAX_S = 30.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ADMIT_ANY, ADMIT_LISTED = "any", "listed"   # admit: any spoke our CA signed, or only those ports: lists
+HUB_PORT_NAME = "hub"   # the hub's own TAP, as ports: and the guards' trusted lists name it
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -122,6 +131,19 @@ class ReconnectConfig:
 
 
 @dataclass(frozen=True)
+class PortConfig:
+    """One switch port's own settings (ports.NAME); None takes the switch: setting."""
+    vlan: VlanPolicy | None = None   # None: transparent, frames keep their tags
+    max_macs: int | None = None      # None: switch.max_macs_per_port
+    storm: StormConfig | None = None  # None: switch.storm; keys left out are filled from it
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
 class HubConfig:
     path: Path
     node: str
@@ -134,6 +156,17 @@ class HubConfig:
     user: str | None = None   # drop to this user once TAP and sockets are open
     group: str | None = None
     metrics: MetricsConfig = MetricsConfig()
+    admit: str = ADMIT_ANY
+    ports: dict[str, PortConfig] = field(default_factory=dict)  # port name -> its own settings
+    log: LogConfig = LogConfig()
+
+    def port_settings(self, name: str) -> PortConfig:
+        """Port `name`'s settings with the switch: ones filled in where it has none."""
+        own = self.ports.get(name, PortConfig())
+        return PortConfig(
+            own.vlan,
+            self.switch.max_macs_per_port if own.max_macs is None else own.max_macs,
+            self.switch.storm if own.storm is None else own.storm)
 
 
 @dataclass(frozen=True)
@@ -149,6 +182,7 @@ class SpokeConfig:
     user: str | None = None
     group: str | None = None
     metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
 
 
 # --- checks: each takes the YAML value and the config folder, returns the parsed value
@@ -366,6 +400,68 @@ def unicast_mac(value, base) -> bytes:
     return mac
 
 
+def one_of(*choices: str) -> Callable:
+    expected = " or ".join(choices) if len(choices) == 2 else "one of: " + ", ".join(choices)
+
+    def check(value, base):
+        if not isinstance(value, str) or value not in choices:
+            raise Invalid(expected)
+        return value
+
+    return check
+
+
+def vlan_id(value, base) -> int:
+    if not _is_int(value) or not VID_MIN <= value <= VID_MAX:
+        raise Invalid(f"a VLAN id {VID_MIN}-{VID_MAX}")
+    return value
+
+
+def vlan_ids(value, base) -> frozenset:
+    try:
+        return parse_vids(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+
+
+_VLAN_KEYS = ("mode", "vid", "allowed", "native")
+_VLAN_MODE = one_of(ACCESS, TRUNK)
+# mode -> (keys it needs, keys it refuses and why)
+_VLAN_SHAPES = {
+    ACCESS: (("vid",), ("allowed", "native"), "allowed and native are for mode: trunk"),
+    TRUNK: (("allowed",), ("vid",), "vid is for mode: access; a trunk's untagged VLAN is native"),
+}
+_VLAN_CHECKS = {"vid": vlan_id, "allowed": vlan_ids, "native": vlan_id}
+
+
+def vlan_policy(value, base) -> VlanPolicy:
+    """{mode: access, vid: V} or {mode: trunk, allowed: [...], native: N}."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise Invalid(f"a mapping with keys: {', '.join(_VLAN_KEYS)}")
+    for name in value:
+        if name not in _VLAN_KEYS:
+            raise Invalid(f"one of: {', '.join(_VLAN_KEYS)}", key=_key_text(name), got=_UNKNOWN_KEY)
+    try:
+        mode = _VLAN_MODE(value.get("mode"), base)
+    except Invalid as exc:
+        raise Invalid(exc.args[0], key="mode", got=value.get("mode")) from None
+    needs, refuses, why = _VLAN_SHAPES[mode]
+    for name in refuses:
+        if name in value:
+            raise Invalid(f"to be left out with mode: {mode} ({why})", key=name, got=value[name])
+    values = {"mode": mode}
+    for name in ("vid", "allowed", "native"):
+        if name in value or name in needs:
+            try:
+                values[name] = _VLAN_CHECKS[name](value.get(name), base)
+            except Invalid as exc:
+                why = "" if name in value else f" (mode: {mode} needs it)"
+                raise Invalid(exc.args[0] + why, key=name, got=value.get(name)) from None
+    return VlanPolicy(**values)
+
+
 # --- the schema
 
 
@@ -374,6 +470,16 @@ class Key:
     name: str
     check: Callable[[Any, Path], Any]
     required: bool = False
+    roles: frozenset = frozenset(ROLES)   # top-level keys only: the configs that take it
+
+
+@dataclass(frozen=True)
+class Entries:
+    """The names of a section of named entries: `what` they are (for messages), and the
+    check of each name."""
+
+    what: str
+    check: Callable[[Any, Path], Any]
 
 
 @dataclass(frozen=True)
@@ -382,7 +488,11 @@ class Section:
 
     `default` builds the section when it is absent (given the parsed top-level scalars);
     None means an absent section stays None. `relate` checks keys against each other on
-    the built object and returns (key, what was expected) pairs.
+    the built object and returns (key, what was expected) pairs. With `entries` set, the
+    mapping holds named entries, each a mapping of `keys` built into `make`, and the
+    section is built into a dict of them. `complete` takes the checked values of the
+    section (or of one entry) and the sections built before it, and returns the values
+    to build from (a port's storm limits are filled in from switch.storm's).
     """
 
     name: str
@@ -392,6 +502,16 @@ class Section:
     required_in: frozenset = frozenset()
     default: Callable[[dict], Any] | None = None
     relate: Callable[[Any], list[tuple[str, str]]] | None = None
+    entries: Entries | None = None
+    complete: Callable[[dict, dict], dict] | None = None
+
+    @property
+    def expected(self) -> str:
+        """What the section's value should be, for messages."""
+        names = ", ".join(k.name for k in self.keys)
+        if self.entries is None:
+            return f"a mapping with keys: {names}"
+        return f"a mapping of {self.entries.what} to mappings with keys: {names}"
 
 
 def _keepalive_relation(ka: KeepaliveConfig):
@@ -410,18 +530,28 @@ def _default_management(top: dict) -> ManagementConfig:
     return ManagementConfig(socket=Path(f"/run/l2vpn/{top['node']}.sock"))
 
 
+def _complete_port(values: dict, built: dict) -> dict:
+    if "storm" in values:   # the storm limits a port leaves out are switch.storm's
+        values = {**values, "storm": replace(built["switch"].storm, **values["storm"])}
+    return values
+
+
 PORT = int_range(1, 65535)
+HUB_ONLY = frozenset({"hub"})
+STORM_KEYS = (Key("broadcast_pps", int_range(0)), Key("multicast_pps", int_range(0)),
+              Key("unknown_unicast_pps", int_range(0)))
 
 # Top-level scalar keys; each lands in the config dataclass field of the same name.
 TOP_KEYS: tuple[Key, ...] = (Key("node", node_name, required=True), Key("user", account),
-                             Key("group", account))
+                             Key("group", account),
+                             Key("admit", one_of(ADMIT_ANY, ADMIT_LISTED), roles=HUB_ONLY))
 
 SECTIONS: tuple[Section, ...] = (
     Section(
         "listen",
         (Key("address", ip_literal), Key("port", PORT), Key("offload", boolean)),
         ListenConfig,
-        roles=frozenset({"hub"}),
+        roles=HUB_ONLY,
         default=lambda top: ListenConfig(),
     ),
     Section(
@@ -464,16 +594,28 @@ SECTIONS: tuple[Section, ...] = (
             Key("max_entries", int_range(1)),
             Key("max_macs_per_port", int_range(1)),
             Key("mac_move_holddown_s", non_negative_seconds),
-            Key("storm", mapping((Key("broadcast_pps", int_range(0)),
-                                  Key("multicast_pps", int_range(0)),
-                                  Key("unknown_unicast_pps", int_range(0))), StormConfig)),
+            Key("storm", mapping(STORM_KEYS, StormConfig)),
             Key("loop_detection", boolean),
             Key("dhcp_guard", mapping((Key("trusted", node_names),), GuardConfig)),
             Key("ra_guard", mapping((Key("trusted", node_names),), GuardConfig)),
         ),
         SwitchConfig,
-        roles=frozenset({"hub"}),
+        roles=HUB_ONLY,
         default=lambda top: SwitchConfig(),
+    ),
+    Section(   # after switch: a port's settings are completed from the switch's
+        "ports",
+        (
+            Key("vlan", vlan_policy),
+            Key("max_macs", int_range(1)),
+            Key("storm", mapping(STORM_KEYS, dict)),   # the keys given; _complete_port fills in
+        ),
+        PortConfig,
+        roles=HUB_ONLY,
+        default=lambda top: {},
+        entries=Entries("port names (a spoke's node name, or hub for the hub's own TAP)",
+                        node_name),
+        complete=_complete_port,
     ),
     Section(
         "management",
@@ -508,9 +650,28 @@ SECTIONS: tuple[Section, ...] = (
         MetricsConfig,
         default=lambda top: MetricsConfig(),
     ),
+    Section(
+        "log",
+        (Key("level", one_of(*LOG_LEVELS)),),
+        LogConfig,
+        default=lambda top: LogConfig(),
+    ),
 )
 
 _CONFIG_CLASS = {"hub": HubConfig, "spoke": SpokeConfig}
+
+LIVE, RESTART = "live", "restart"
+
+# What a reload does with each top-level key. LIVE: applied to the running node (a spoke
+# reconnects with a changed hub:). RESTART: reported, and the old value kept until the
+# node restarts (they name the devices, sockets and identity it holds, or privileges it
+# has already given up).
+RELOAD: dict[str, str] = {
+    "node": RESTART, "user": RESTART, "group": RESTART, "listen": RESTART, "tap": RESTART,
+    "management": RESTART,
+    "admit": LIVE, "hub": LIVE, "tls": LIVE, "switch": LIVE, "ports": LIVE,
+    "keepalive": LIVE, "reconnect": LIVE, "metrics": LIVE, "log": LIVE,
+}
 
 
 # --- loading
@@ -621,56 +782,149 @@ def _check_keys(doc: dict, keys: tuple[Key, ...], prefix: str, base: Path, probl
     return values
 
 
+def _check_mapping(value, section: Section, prefix: str, base: Path, problems: list, where: str):
+    """Check one mapping of `section.keys` (the section's own, or one entry's); returns
+    its checked values, or None when it is not a mapping."""
+    names = ", ".join(k.name for k in section.keys)
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        problems.append(f"{where}: {prefix}: expected a mapping with keys: {names}, got {_show(value)}")
+        return None
+    for name in value:
+        if name not in {k.name for k in section.keys}:
+            problems.append(f"{where}: {prefix}.{_key_text(name)}: unknown key (expected one of: {names})")
+    before = len(problems)
+    values = _check_keys(value, section.keys, f"{prefix}.", base, problems, where)
+    if section.relate and len(problems) == before:
+        built = section.make(**values)
+        for key, expected in section.relate(built):
+            found = _show(value[key]) if key in value else f"{getattr(built, key):g} (the default)"
+            problems.append(f"{where}: {prefix}.{key}: expected {expected}, got {found}")
+    return values
+
+
+def _check_entries(value: dict, section: Section, base: Path, problems: list, where: str) -> dict:
+    """Check a section of named entries; returns name -> checked values of the good ones."""
+    entries = {}
+    for name, entry in value.items():
+        try:
+            name = section.entries.check(name, base)
+        except Invalid as exc:
+            problems.append(f"{where}: {section.name}.{_key_text(name)}: expected {exc.args[0]}, got {_show(name)}")
+            continue
+        values = _check_mapping(entry, section, f"{section.name}.{name}", base, problems, where)
+        if values is not None:
+            entries[name] = values
+    return entries
+
+
+def _build(section: Section, values: dict, built: dict):
+    if section.complete:
+        values = section.complete(values, built)
+    return section.make(**values)
+
+
 def _load(path: Path, role: str):
     doc = _read_document(path)
     base = path.absolute().parent
+    where = str(path)
     problems: list[str] = []
+    top_keys = tuple(k for k in TOP_KEYS if role in k.roles)
     sections = [s for s in SECTIONS if role in s.roles]
 
-    allowed_names = [k.name for k in TOP_KEYS] + [s.name for s in sections]
+    allowed_names = [k.name for k in top_keys] + [s.name for s in sections]
     allowed = ", ".join(allowed_names)
-    other_role = {s.name for s in SECTIONS if role not in s.roles}
+    other_role = {k.name for k in TOP_KEYS if role not in k.roles} | {s.name for s in SECTIONS if role not in s.roles}
     other = "hub" if role == "spoke" else "spoke"
     for name in doc:
         if name not in allowed_names:
             hint = f"; {name} belongs in a {other} config" if name in other_role else ""
             problems.append(f"{path}: {_key_text(name)}: unknown key in a {role} config (expected one of: {allowed}){hint}")
 
-    top = _check_keys(doc, TOP_KEYS, "", base, problems, str(path))
+    top = _check_keys(doc, top_keys, "", base, problems, where)
     if "group" in top and "user" not in doc:   # a bad user: is its own problem
         problems.append(f"{path}: group: needs user: too (group alone would leave the process root)")
+    ports = {} if doc.get("ports") is None else doc["ports"]   # not a mapping: its own problem
+    if top.get("admit") == ADMIT_LISTED and isinstance(ports, dict) and \
+            not any(name != HUB_PORT_NAME for name in ports):
+        problems.append(f"{path}: admit: listed refuses every spoke unless ports: lists them "
+                        "(one entry per spoke, like ports: {site-a: {}}), or use admit: any")
 
     raw: dict[str, dict] = {}
     for section in sections:
-        names = ", ".join(k.name for k in section.keys)
         if section.name not in doc:
             if role in section.required_in:
-                problems.append(
-                    f"{path}: {section.name}: required section is missing (expected a mapping with keys: {names})"
-                )
+                problems.append(f"{path}: {section.name}: required section is missing (expected {section.expected})")
             continue
         value = {} if doc[section.name] is None else doc[section.name]
         if not isinstance(value, dict):
-            problems.append(f"{path}: {section.name}: expected a mapping with keys: {names}, got {_show(value)}")
-            continue
-        for name in value:
-            if name not in {k.name for k in section.keys}:
-                problems.append(f"{path}: {section.name}.{_key_text(name)}: unknown key (expected one of: {names})")
-        before = len(problems)
-        raw[section.name] = _check_keys(value, section.keys, f"{section.name}.", base, problems, str(path))
-        if section.relate and len(problems) == before:
-            built = section.make(**raw[section.name])
-            for key, expected in section.relate(built):
-                found = _show(value[key]) if key in value else f"{getattr(built, key):g} (the default)"
-                problems.append(f"{path}: {section.name}.{key}: expected {expected}, got {found}")
+            problems.append(f"{path}: {section.name}: expected {section.expected}, got {_show(value)}")
+        elif section.entries is None:
+            raw[section.name] = _check_mapping(value, section, section.name, base, problems, where)
+        else:
+            raw[section.name] = _check_entries(value, section, base, problems, where)
 
     if problems:
         raise ConfigError(problems)
 
-    fields = {"path": path, **top}
-    for section in sections:
-        if section.name in raw:
-            fields[section.name] = section.make(**raw[section.name])
+    built = {"path": path, **top}
+    for section in sections:   # in table order: `complete` sees the sections before it
+        if section.name not in raw:
+            built[section.name] = section.default(top) if section.default else None
+        elif section.entries is None:
+            built[section.name] = _build(section, raw[section.name], built)
         else:
-            fields[section.name] = section.default(top) if section.default else None
-    return _CONFIG_CLASS[role](**fields)
+            built[section.name] = {name: _build(section, values, built)
+                                   for name, values in raw[section.name].items()}
+    return _CONFIG_CLASS[role](**built)
+
+
+# --- reloading
+
+
+@dataclass(frozen=True)
+class ConfigDiff:
+    """What a reload changes, as dotted keys (switch.storm.broadcast_pps, ports.site-a)."""
+
+    changed: list[str]         # applied live
+    needs_restart: list[str]   # reported; the old value stays until the node restarts
+
+
+_WHOLE = (HostPort, VlanPolicy)   # values that change as one key, not key by key
+
+
+def diff(old: HubConfig | SpokeConfig, new: HubConfig | SpokeConfig) -> ConfigDiff:
+    """The keys that differ between two configs of one role, split by RELOAD."""
+    _same_role(old, new)
+    changed, needs_restart = [], []
+    for f in fields(old):
+        if f.name != "path":
+            keys = _changed_keys(getattr(old, f.name), getattr(new, f.name), f.name)
+            (changed if RELOAD[f.name] == LIVE else needs_restart).extend(keys)
+    return ConfigDiff(changed, needs_restart)
+
+
+def merge_live(old: HubConfig | SpokeConfig, new: HubConfig | SpokeConfig) -> HubConfig | SpokeConfig:
+    """The config to run after a reload: `new` with `old`'s values for the RESTART keys."""
+    _same_role(old, new)
+    return replace(new, **{f.name: getattr(old, f.name) for f in fields(old)
+                           if RELOAD.get(f.name) == RESTART})
+
+
+def _same_role(old, new) -> None:
+    if type(old) is not type(new) or type(old) not in _CONFIG_CLASS.values():
+        raise ValueError(f"expected two hub or two spoke configs, not {type(old).__name__} "
+                         f"and {type(new).__name__}")
+
+
+def _changed_keys(old, new, key: str) -> list[str]:
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):   # named entries: ports
+        return [k for name in sorted(old.keys() | new.keys())
+                for k in (_changed_keys(old[name], new[name], f"{key}.{name}")
+                          if name in old and name in new else [f"{key}.{name}"])]
+    if type(old) is type(new) and is_dataclass(old) and not isinstance(old, _WHOLE):
+        return [k for f in fields(old)
+                for k in _changed_keys(getattr(old, f.name), getattr(new, f.name), f"{key}.{f.name}")]
+    return [key]

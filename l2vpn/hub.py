@@ -27,7 +27,7 @@ class Hub(Node):
 
     def __init__(self, cfg, edges, loop=None, notifier=None):
         super().__init__(cfg, edges, loop, notifier)
-        self.bridge = Bridge(self.loop, cfg.switch)
+        self.bridge = Bridge(self.loop, cfg.switch, cfg.ports)
         self.switch = self.bridge.switch      # read by status, metrics and tests alike
         self.admission = Admission(
             self.loop, cfg, mtu=cfg.tap.mtu if cfg.tap is not None else 1500,
@@ -38,17 +38,30 @@ class Hub(Node):
 
     def _start(self):
         _raise_fd_limit()
-        context = pki.hub_context(self.cfg.tls)
+        context = self.make_context(self.cfg)
         listener = self.edges.listen(self.cfg.listen.address, self.cfg.listen.port)
         self._closers.append(listener.close)
         if self.cfg.tap is not None:
             self.tap = self.open_tap(self.cfg.tap, HUB_PORT, self.bridge.forward)
             self._add_port(self.tap, HUB_PORT, self.cfg.tap.mtu)
         self.admission.open(listener, context)
-        if self.bridge.loop_detector is not None:
-            self.loop.call_every(self.bridge.loop_detector.interval_s, self.bridge.send_probes)
+        self.bridge.start_probes()
         log.info("hub %s listening on %s", self.cfg.node,
                  format_addr((self.cfg.listen.address, self.cfg.listen.port)))
+
+    def make_context(self, cfg):
+        return pki.hub_context(cfg.tls)
+
+    def _apply_config(self, old, prepared) -> None:
+        cfg = self.cfg
+        self.bridge.reconfigure(cfg.switch, cfg.ports)
+        self.admission.cfg = cfg
+        self.admission.context = prepared.context     # new handshakes; live ones keep theirs
+        for cn, session in list(self.sessions.items()):
+            if not self.admission.listed(cn):
+                log.warning("spoke %s is not listed under ports any more (admit: listed): "
+                            "ending its session", cn)
+                session.close("not listed under ports any more", goodbye="not listed")
 
     # -- ports -----------------------------------------------------------------------
     def _session_up(self, session):

@@ -38,7 +38,20 @@ def setup(verbose: bool = False, stream=None, environ=None) -> None:
                          if to_journal(stream, environ) else
                          logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    global _verbose
+    _verbose = verbose
     logging.getLogger("l2vpn").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+_verbose = False
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}
+
+
+def set_level(name: str) -> None:
+    """The config's log.level (at start and on reload); -v on the command line wins."""
+    if not _verbose:
+        logging.getLogger("l2vpn").setLevel(LEVELS[name])
 
 
 class RateLimitedLog:

@@ -60,6 +60,12 @@ class NodeCollector(Collector):
         yield info
         yield GaugeMetricFamily("l2vpn_start_time_seconds",
                                 "Unix time the node started", value=self.start_time_s)
+        yield GaugeMetricFamily("l2vpn_config_last_reload_successful",
+                                "1 if the last config reload applied, 0 if it was refused",
+                                value=1 if node.last_reload_ok else 0)
+        yield GaugeMetricFamily("l2vpn_config_last_reload_success_timestamp_seconds",
+                                "Unix time of the last reload that applied (the start counts)",
+                                value=node.last_reload_success_s)
         now = node.loop.clock()
         if node.role == "hub":
             yield from self._hub(node, now)

@@ -6,24 +6,27 @@ a frame read from the TAP or a session means; this module owns start-up order (t
 things most likely to fail first) and a shutdown that undoes all of it.
 
 Revocation: with `tls.crl` set, the peer's certificate serial is checked once its TLS
-handshake completes, before the hello. The CRL is read again on SIGHUP and whenever
-the file changes (checked every tick); sessions whose certificate it now lists are
-ended, the others are not touched. A CRL that fails to load keeps the previous one.
+handshake completes, before the hello. The CRL is read again on a reload (SIGHUP,
+`l2vpn reload`: see reload.py) and whenever the file changes (checked every tick);
+sessions whose certificate it now lists are ended, the others are not touched. A CRL
+that fails to load keeps the previous one.
 """
 
 import datetime as dt
 import logging
 import os
 import signal
+import time
 
-from l2vpn import metrics, pki, privilege
+from l2vpn import logs, metrics, pki, privilege
+from l2vpn import reload as config_reload
 from l2vpn.tap import describe_offloads
 from l2vpn.errors import ConfigError, PKIError
 from l2vpn.frame import format_mac
 from l2vpn.logs import RateLimitedLog
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN, needs_work
 from l2vpn.eventloop import READ, EventLoop
-from l2vpn.lifecycle import CLOSED
+from l2vpn.lifecycle import CLOSED, HELLO
 from l2vpn.port import FlowControl
 from l2vpn.transport import REVOKED, UP, plain_frames
 
@@ -140,6 +143,9 @@ class Node:
         self.identity = None      # privilege.Identity when user: is set
         self.metrics_registry = None   # made on the first scrape or `metrics` request
         self.metrics_server = None     # metrics.MetricsServer when metrics.listen is set
+        self.tls_fingerprints = {}     # tls key -> hash of its file as last loaded
+        self.last_reload_ok = True     # for l2vpn_config_last_reload_successful
+        self.last_reload_success_s = time.time()   # Unix time: the start counts as one
         # Told of every named port that comes or goes: `port_up(name, port)` and
         # `port_down(name, port)` (capture follows the ports it was asked for this way).
         self.port_watchers = []
@@ -172,13 +178,15 @@ class Node:
             if listen is not None:   # before the privilege drop: a port < 1024 needs root
                 self.metrics_server = self.edges.metrics(self.loop, listen.host,
                                                          listen.port, self.metrics_text)
-                self._closers.append(self.metrics_server.close)
                 log.info("metrics on http://%s/metrics", listen)
+            self._closers.append(self._close_metrics)
             if self.edges.signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self.loop.on_signal(signum,
                                         lambda s=signum: self.stop(signal.Signals(s).name))
                 self.loop.on_signal(signal.SIGHUP, lambda: self.reload("SIGHUP"))
+            logs.set_level(self.cfg.log.level)
+            self.tls_fingerprints = config_reload.fingerprints(self.cfg.tls)
             self.loop.call_every(TICK_S, self._tick_all)
             if self.identity is not None:
                 self._drop_privileges()
@@ -221,23 +229,85 @@ class Node:
                     log.error("cannot watch the CRL %s: %s; keeping the revocations read "
                               "last", self.cfg.tls.crl, stamp)
                 else:
-                    self.reload(f"{self.cfg.tls.crl} changed")
+                    self._reload_crl(f"{self.cfg.tls.crl} changed")
         self._tick()
         if self.notifier is not None:
             self.notifier.status(self.summary())
 
+    def _close_metrics(self):
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+
+    # -- reload ----------------------------------------------------------------------
+    def reload(self, why: str) -> dict:
+        """Read the config and its TLS files again and apply them live, or change nothing
+        and say why (see reload.py); the answer is what `l2vpn reload` prints."""
+        if self.notifier is not None:
+            self.notifier.reloading()
+        try:
+            prepared = config_reload.prepare(self)
+        except ConfigError as e:
+            self.last_reload_ok = False
+            for line in e.problems:
+                log.error("reload (%s): %s; keeping the previous config", why, line)
+            outcome = {"ok": False, "problems": list(e.problems)}
+        else:
+            self._apply_reload(prepared, why)
+            outcome = prepared.outcome()
+        if self.notifier is not None:
+            self.notifier.ready(self.summary())
+        return outcome
+
+    def _apply_reload(self, prepared, why: str) -> None:
+        old, cfg = self.cfg, prepared.cfg
+        self.cfg = cfg
+        self.tls_fingerprints = prepared.fingerprints
+        logs.set_level(cfg.log.level)
+        if cfg.metrics.listen != old.metrics.listen:
+            self._close_metrics()
+            self.metrics_server = prepared.metrics_server
+            log.info("metrics %s", f"on http://{cfg.metrics.listen}/metrics"
+                     if cfg.metrics.listen else "off")
+        self._apply_config(old, prepared)
+        self._crl_stamp = _stamp(cfg.tls.crl) if cfg.tls.crl is not None else None
+        self._use_revocations(prepared.revocations, why)
+        for session in self.peer_sessions():
+            if session.state in (HELLO, UP):
+                problem = prepared.trust.problem(session.tls, None)
+                if problem:
+                    log.warning("%s %s: %s: ending its session", self._peer_kind,
+                                session.cn or session.remote, problem)
+                    session.close(f"certificate no longer accepted: {problem}",
+                                  goodbye="certificate no longer accepted")
+        self.last_reload_ok = True
+        self.last_reload_success_s = time.time()
+        log.info("reload (%s): %s%s", why,
+                 f"applied {', '.join(prepared.changed)}" if prepared.changed
+                 else "nothing changed",
+                 f"; needs a restart (old values kept): {', '.join(prepared.needs_restart)}"
+                 if prepared.needs_restart else "")
+
+    @property
+    def _peer_kind(self) -> str:
+        return "spoke" if self.role == "hub" else "hub"
+
     # -- revocation ------------------------------------------------------------------
-    def reload(self, why: str) -> None:
+    def _reload_crl(self, why: str) -> None:
         """Read the CRL again and end sessions whose certificate it now lists."""
         if self.cfg.tls.crl is None:
-            log.info("reload (%s): nothing to reload (no tls.crl)", why)
             return
         try:
             revocations = pki.load_crl(self.cfg.tls.crl, self.cfg.tls.ca)
         except PKIError as e:
             log.error("reload (%s): %s; keeping the previous CRL", why, e)
             return
+        self._use_revocations(revocations, why)
+
+    def _use_revocations(self, revocations, why: str) -> None:
         self.revocations = revocations
+        if revocations is None:
+            return
         log.info("reload (%s): %s lists %d revoked certificates", why, self.cfg.tls.crl,
                  len(revocations.serials))
         self._warn_crl_expiry()
@@ -309,11 +379,13 @@ class Node:
             return self.status_reply()
         if command == "metrics":
             return {"metrics": self.metrics_text().decode()}
+        if command == "reload":
+            return self.reload("l2vpn reload")
         verb, _, rest = command.partition(" ")
         if verb == "capture":   # a Stream of pcapng, or an error dict
             from l2vpn import capture
             return capture.serve(self, rest)
-        return {"error": f"unknown request {command!r} (try: status, metrics, capture)"}
+        return {"error": f"unknown request {command!r} (try: status, metrics, reload, capture)"}
 
     def metrics_text(self) -> bytes:
         """The Prometheus text format of this node, read from its live state now."""
@@ -351,6 +423,14 @@ class Node:
             w.port_down(name, port)
 
     # subclasses
+    def make_context(self, cfg):
+        """The ssl.SSLContext for new handshakes under `cfg`."""
+        raise NotImplementedError
+
+    def _apply_config(self, old, prepared) -> None:
+        """Apply what a reload changed to the subclass's parts (self.cfg is new already)."""
+        raise NotImplementedError
+
     def ports(self) -> dict:
         """The named ports now: name -> port (see port.py)."""
         raise NotImplementedError

@@ -522,6 +522,31 @@ def peer_serial(tls_object) -> int:
     return cert_serial(der)
 
 
+class Trust:
+    """The CA certificates a node trusts now, to ask of a live peer whether its certificate
+    would still be accepted (after a reload changed tls.ca or the CRL)."""
+
+    def __init__(self, ca_path: Path):
+        self.ca_path = ca_path
+        self.cas = _parse_certs(ca_path, _read(ca_path), "the CA certificate (tls.ca)")
+
+    def problem(self, tls_object, revocations: "Revocations | None",
+                now: dt.datetime | None = None) -> str | None:
+        """Why the peer's certificate would be refused now, or None."""
+        der = tls_object.getpeercert(binary_form=True) if tls_object is not None else None
+        if not der:
+            return None     # no peer certificate yet: the handshake will check the new CA
+        cert = x509.load_der_x509_certificate(der)
+        if not any(_issued_by(cert, ca) for ca in self.cas):
+            return f"its certificate is not issued by a CA in {self.ca_path} any more"
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if now > cert.not_valid_after_utc:
+            return f"its certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        if revocations is not None and revocations.is_revoked(cert.serial_number):
+            return f"its certificate (serial 0x{cert.serial_number:x}) is revoked"
+        return None
+
+
 def key_mode_problem(path: Path) -> str | None:
     """The line refusing a private key open to group or others; None if fine or unreadable."""
     # Group access is refused too: the daemon reads its key as root, before it drops to

@@ -13,6 +13,7 @@ node.
 import logging
 import os
 import socket
+import time
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,12 @@ class Notifier:
         if status != self._status:
             self._status = status
             self.send(STATUS=status)
+
+    def reloading(self) -> None:
+        """A reload begins; ready() says it is over. MONOTONIC_USEC is what systemd's
+        notify-reload wants with it (newer than Debian 12's 252, harmless there)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send(RELOADING=1, MONOTONIC_USEC=usec, STATUS="reloading the config")
 
     def watchdog(self) -> None:
         self.send(WATCHDOG=1)

@@ -50,7 +50,7 @@ class Spoke(Node):
         self.drop_reports = DropReports(REPORT_S)
 
     def _start(self):
-        self.context = pki.spoke_context(self.cfg.tls, self.cfg.hub.server_name)
+        self.context = self.make_context(self.cfg)
         self.tap = self.open_tap(self.cfg.tap, self.cfg.node, self._from_tap)
         self._closers.append(self._cancel_retry)
         self._connect()
@@ -72,6 +72,22 @@ class Spoke(Node):
             | (CAP_FLOOD_LIMITS if hub.flood_limits else 0),
             on_secure=self._on_secure, on_up=self._on_up, on_frame=self._from_hub,
             on_close=self._on_close, on_limits=self._on_limits)
+
+    def make_context(self, cfg):
+        return pki.spoke_context(cfg.tls, cfg.hub.server_name)
+
+    def _apply_config(self, old, prepared) -> None:
+        self.context = prepared.context     # the next connection uses it
+        if self.cfg.hub == old.hub:
+            return
+        log.info("hub settings changed: connecting to %s:%d afresh", self.cfg.hub.address,
+                 self.cfg.hub.port)
+        self.backoff_s = self.cfg.reconnect.initial_s
+        if self.session is not None:
+            self.session.close("hub settings changed by a reload", goodbye="reconnecting")
+        else:
+            self._cancel_retry()
+            self._connect()
 
     def _on_secure(self, session):
         try:

@@ -86,9 +86,10 @@ class _Port:
     """What the table keeps per port."""
 
     __slots__ = ("port", "solo", "flood", "macs", "max_frame", "blocked", "guarded", "drops",
-                 "buckets", "probes")
+                 "buckets", "probes", "max_macs", "own_max_macs", "trusted", "storm_pps")
 
-    def __init__(self, port, max_frame: int, guarded: frozenset, buckets: tuple, probes):
+    def __init__(self, port, max_frame: int, guarded: frozenset, buckets: tuple, probes,
+                 max_macs: int):
         self.port = port
         self.solo = (port,)   # returned as is when forwarding to this port
         self.flood = None     # all other unblocked ports; built on first use
@@ -99,6 +100,10 @@ class _Port:
         self.drops = dict.fromkeys(DROPS, 0)
         self.buckets = buckets  # (broadcast, multicast, unknown unicast); None: no limit
         self.probes = probes    # a bucket for frames to the probe address, or None
+        self.max_macs = max_macs     # in force: its own limit, else the table's
+        self.own_max_macs = None     # this port's own limit, or None
+        self.trusted = frozenset()   # guard kinds trusted here, as add_port was told
+        self.storm_pps = None        # this port's own rates, or None: the table's
 
 
 class _Entry:
@@ -151,18 +156,55 @@ class SwitchTable:
     def ports(self) -> tuple:
         return self._ports
 
-    def add_port(self, port, *, mtu: int | None = None, trusted=frozenset()) -> None:
+    def add_port(self, port, *, mtu: int | None = None, trusted=frozenset(),
+                 max_macs: int | None = None, storm_pps: tuple | None = None) -> None:
         """Attach a port; frames from a port not added are dropped.
 
         `mtu` bounds the frames it may send (plus the Ethernet header and two VLAN tags);
-        `trusted` names the guards (guard.DHCP, guard.RA) that do not apply to it."""
+        `trusted` names the guards (guard.DHCP, guard.RA) that do not apply to it;
+        `max_macs` and `storm_pps` are this port's own limits (None: the table's)."""
         if port in self._state:
             raise ValueError(f"port already added: {port!r}")
         max_frame = NO_LIMIT if mtu is None else mtu + ETH_HLEN + TAG_ROOM
-        buckets = tuple(storm.bucket(rate, self.storm_burst_s) for rate in self.storm_pps)
-        self._state[port] = _Port(port, max_frame, self.guards - frozenset(trusted), buckets,
-                                  storm.bucket(self.probe_pps, self.storm_burst_s))
+        p = _Port(port, max_frame, frozenset(), (), None, NO_LIMIT)
+        self._state[port] = p
+        self._limit(p, frozenset(trusted), max_macs, storm_pps)
+        p.probes = storm.bucket(self.probe_pps, self.storm_burst_s)
         self._ports_changed()
+
+    def set_port(self, port, *, trusted=frozenset(), max_macs: int | None = None,
+                 storm_pps: tuple | None = None) -> None:
+        """Change a port's own limits and trusted guards live (a config reload); its MACs
+        stay learnt, even past a lower `max_macs` (new ones are refused until under it)."""
+        self._limit(self._state[port], frozenset(trusted), max_macs, storm_pps)
+
+    def configure(self, *, aging_s: float, max_entries: int, max_macs_per_port: int,
+                  holddown_s: float, storm_pps: tuple, guards, intercept: bytes | None,
+                  probe_pps: float) -> None:
+        """Apply new table-wide settings live; ports with limits of their own keep them
+        (see set_port). Learnt MACs stay."""
+        self.aging_s, self.max_entries, self.holddown_s = aging_s, max_entries, holddown_s
+        self.max_macs_per_port = max_macs_per_port
+        self.storm_pps = tuple(storm_pps)
+        self.guards = frozenset(guards)
+        self.intercept = intercept
+        if probe_pps != self.probe_pps:
+            self.probe_pps = probe_pps
+            for p in self._state.values():
+                p.probes = storm.bucket(probe_pps, self.storm_burst_s)
+        for p in self._state.values():
+            self._limit(p, p.trusted, p.own_max_macs, p.storm_pps)
+
+    def _limit(self, p: _Port, trusted: frozenset, max_macs, storm_pps) -> None:
+        p.trusted = trusted
+        p.guarded = self.guards - trusted
+        p.own_max_macs = max_macs
+        p.max_macs = self.max_macs_per_port if max_macs is None else max_macs
+        p.storm_pps = None if storm_pps is None else tuple(storm_pps)
+        rates = self.storm_pps if storm_pps is None else p.storm_pps
+        # Buckets are made again only when their rates change: a reload keeps the tokens.
+        if not p.buckets or tuple(b.rate if b else 0 for b in p.buckets) != rates:
+            p.buckets = tuple(storm.bucket(rate, self.storm_burst_s) for rate in rates)
 
     def drop_port(self, port) -> int:
         """Detach a port and forget its MACs; returns how many. Unknown ports give 0."""
@@ -273,7 +315,7 @@ class SwitchTable:
         counters = self.counters
         entry = self._macs.get(mac)
         if entry is None:
-            if len(p.macs) >= self.max_macs_per_port:
+            if len(p.macs) >= p.max_macs:
                 return "port_limit"
             if len(self._macs) >= self.max_entries:
                 counters["table_full"] += 1
@@ -288,7 +330,7 @@ class SwitchTable:
             if alive and now - entry.seen < self.holddown_s:
                 self._note_flap(mac, home.port, p.port)
                 return "move_held"
-            if len(p.macs) >= self.max_macs_per_port:
+            if len(p.macs) >= p.max_macs:
                 return "port_limit"
             if alive:
                 counters["moves"] += 1

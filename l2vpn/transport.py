@@ -84,7 +84,9 @@ EXPIRED = "expired"
 NAME_MISMATCH = "name_mismatch"
 TIMEOUT = "timeout"
 PROTOCOL = "protocol"
-FAILURES = (NO_CERTIFICATE, UNTRUSTED, REVOKED, EXPIRED, NAME_MISMATCH, TIMEOUT, PROTOCOL)
+NOT_LISTED = "not_listed"     # admit: listed, and the CN has no entry under ports
+FAILURES = (NO_CERTIFICATE, UNTRUSTED, REVOKED, EXPIRED, NAME_MISMATCH, TIMEOUT, PROTOCOL,
+            NOT_LISTED)
 
 # OpenSSL verify codes (X509_V_ERR_*) and alert reasons that say more than "untrusted".
 _VERIFY_FAILURE = {9: EXPIRED, 10: EXPIRED, 23: REVOKED, 62: NAME_MISMATCH}

@@ -124,7 +124,9 @@ def test_hub_metrics_follow_the_contract(hub, clock):
     assert {r: value(got, "l2vpn_handshake_failures_total", reason=r)
             for r in transport.FAILURES} == {
         "no_certificate": 0, "untrusted": 0, "revoked": 0, "expired": 2,
-        "name_mismatch": 0, "timeout": 0, "protocol": 0}
+        "name_mismatch": 0, "timeout": 0, "protocol": 0, "not_listed": 0}
+    assert value(got, "l2vpn_config_last_reload_successful") == 1
+    assert value(got, "l2vpn_config_last_reload_success_timestamp_seconds") > 0
     for port, fin, fout in (("hub", 7, 8), ("site-a", 5, a.frames_out),
                             ("site-b", 0, b.frames_out)):
         assert value(got, "l2vpn_port_receive_frames_total", port=port) == fin
@@ -425,7 +427,7 @@ def test_handshake_failures_are_classified(live_hub, fresh_ca, tmp_path, monkeyp
         run_until(hub.loop, lambda: hub.admission.handshake_failures["timeout"] == 1,
                   what="the handshake timeout")
     assert hub.admission.handshakes == 7
-    assert hub.metrics_text().decode().count('l2vpn_handshake_failures_total{reason=') == 7
+    assert hub.metrics_text().decode().count('l2vpn_handshake_failures_total{reason=') == 8
 
 
 def test_a_good_spoke_is_a_handshake_but_no_failure(live_hub, fresh_ca):

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import pytest
 
@@ -37,6 +38,10 @@ def test_ready_status_watchdog_stopping_reach_the_socket(listener):
     assert received(sock) == {"STATUS": "1 spoke up, 3 MACs"}
     n.watchdog()
     assert received(sock) == {"WATCHDOG": "1"}
+    n.reloading()
+    got = received(sock)
+    assert got["RELOADING"] == "1" and got["STATUS"] == "reloading the config"
+    assert abs(int(got["MONOTONIC_USEC"]) - time.monotonic_ns() // 1000) < 5_000_000
     n.stopping("SIGTERM")
     assert received(sock) == {"STOPPING": "1", "STATUS": "stopping (SIGTERM)"}
     n.close()
