@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "l2vpn"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
 
 PURE = ("frame", "wire", "switch", "offload", "errors", "guard", "loopguard", "storm", "hosts",
-        "pcapng", "lifecycle", "port")
+        "pcapng", "lifecycle", "port", "vlan")
 PURE_MAY_IMPORT = {"frame", "errors", "guard", "storm"}
 FORBIDDEN_IN_PURE = {"socket", "ssl", "fcntl", "threading", "time", "selectors", "pyroute2",
                      "scapy", "os", "asyncio", "subprocess", "signal"}
