@@ -186,3 +186,22 @@ def test_l2vpn_reload_over_the_management_socket(site, capsys):
     code = call_in_thread(site.loop, lambda: main(["reload", "-s", sock]))
     err = capsys.readouterr().err
     assert code == 2 and "keepalive.timeout_s" in err and "keeps its running config" in err
+
+
+def test_a_new_ca_ends_the_sessions_it_does_not_sign_and_only_those(site, tmp_path):
+    other = tmp_path / "other-ca"
+    pki.init_ca(other)
+    pki.issue(other, "hub", "hub")
+    bundle = tmp_path / "both.crt"        # old CA and new: everyone stays
+    bundle.write_bytes((site.ca / "ca.crt").read_bytes() + (other / "ca.crt").read_bytes())
+    before = site.ids()
+    site.docs["hub"]["tls"]["ca"] = str(bundle)
+    site.write("hub")
+    out = site.hub.reload("test")
+    assert out["ok"] and out["changed"] == ["tls.ca"] and site.ids() == before
+    site.docs["hub"]["tls"] = {"ca": str(other / "ca.crt"), "cert": str(other / "hub.crt"),
+                               "key": str(other / "hub.key")}
+    site.write("hub")
+    out = site.hub.reload("test")
+    assert out["ok"] and set(out["changed"]) == {"tls.ca", "tls.cert", "tls.key"}
+    assert site.hub.sessions == {}        # both spokes' certificates are the old CA's
