@@ -7,9 +7,15 @@ destination is backed up, the source is paused until that destination drains, so
 fast sender slows down instead of filling memory; a destination that stops draining is
 marked stalled and then loses frames instead, so it cannot hold its senders back.
 
-Loop probes go out of every port each `loopguard` interval and come back through the
-switch as PROBE; the detector's block and unblock actions are applied to the switch and
-logged. Drops are reported once per REPORT_S per port, however many frames they were.
+With VLANs on (some port has a `vlan:` policy) the switch leaves each frame's VLAN in
+`last_vlan` and every destination gets the frame as `vlan.egress` fits it to that port:
+tag inserted, rewritten or stripped; without, frames go out as they came, unparsed.
+
+Loop probes go out of every port each `loopguard` interval, untagged, and come back
+through the switch as PROBE, tagged or not (the switch intercepts them before any VLAN
+check, and a tag is stripped before the detector reads them); the detector's block and
+unblock actions are applied to the switch and logged. Drops are reported once per
+REPORT_S per port, however many frames they were.
 
 A port whose frames the switch refuses wholesale (a storm past the limits from a spoke
 that does not apply them, spoofed MACs past the limit) costs the hub a decryption, a
@@ -21,12 +27,12 @@ so its backlog waits in TCP and the excess is lost at the site that made it.
 import logging
 import os
 
-from l2vpn import guard, loopguard
+from l2vpn import guard, loopguard, vlan
 from l2vpn.frame import format_mac
 from l2vpn.hosts import HostTable
 from l2vpn.logs import DropReports, IntervalCounts, RateLimitedLog
 from l2vpn.offload import PLAIN_HDR, VNET_HDR_LEN
-from l2vpn.switch import DROP, PROBE, SwitchTable
+from l2vpn.switch import DROP, PROBE, SwitchTable, split_key
 
 log = logging.getLogger("l2vpn.hub")
 
@@ -71,16 +77,19 @@ class Bridge:
         return {"trusted": {kind for kind, names in self.guards.items() if name in names},
                 "max_macs": own.max_macs if own is not None else None,
                 "storm_pps": None if st is None else
-                (st.broadcast_pps, st.multicast_pps, st.unknown_unicast_pps)}
+                (st.broadcast_pps, st.multicast_pps, st.unknown_unicast_pps),
+                "vlan": own.vlan if own is not None else None}
 
     def reconfigure(self, sw, ports) -> None:
         """Apply new switch settings and per-port limits live (a reload); MACs stay
-        learnt, blocks and counters stay, loop detection starts or stops."""
+        learnt (but those of a port whose VLAN policy changed), blocks and counters stay,
+        loop detection starts or stops."""
         self.cfg, self.ports_cfg = sw, dict(ports or {})
         self.guards = _guards(sw)
         self.switch.configure(**_table_settings(sw, self.guards))
         for port, name in self.names.items():
-            self.switch.set_port(port, **self._port_settings(name))
+            if self.switch.set_port(port, **self._port_settings(name)):
+                self._hosts_stale = True
         self.hosts.max_macs = sw.max_entries
         if sw.loop_detection and self.loop_detector is None:
             self.loop_detector = loopguard.LoopGuard(os.urandom(32))
@@ -120,7 +129,8 @@ class Bridge:
 
     # -- data path -------------------------------------------------------------------
     def forward(self, source, frame):
-        ports = self.switch.decide(frame, source, self.loop.clock(), VNET_HDR_LEN)
+        switch = self.switch
+        ports = switch.decide(frame, source, self.loop.clock(), VNET_HDR_LEN)
         if ports is DROP:
             n = self._refused.get(source, 0) + 1
             self._refused[source] = n
@@ -128,6 +138,9 @@ class Bridge:
                 self.loop.want_flush("throttle", self._throttle)
             return
         if ports is PROBE:
+            if frame[ETHERTYPE] == 0x81 and frame[ETHERTYPE + 1] == 0 and \
+                    len(frame) >= ETHERTYPE + 6:   # came back through a trunk: untag it
+                frame = vlan.untag(frame, VNET_HDR_LEN)
             self._apply(self.loop_detector.on_probe(frame, VNET_HDR_LEN, source, self.loop.clock()))
             return
         # Hosts: only ARP, IPv6 and IPv4 UDP can prove an address; a TCP frame is turned
@@ -137,13 +150,24 @@ class Bridge:
             self.hosts.observe(frame, VNET_HDR_LEN)
         if not ports:
             return
-        for port in ports:
-            port.send_frame(frame)
+        if switch.vlans_on:
+            self._send_vlan(ports, frame, switch.last_vlan)
+        else:
+            for port in ports:
+                port.send_frame(frame)
         if len(ports) == 1:
             dest = ports[0]
             if dest.congested and not dest.stalled:
                 source.pause()
                 dest.add_waiter(source)
+
+    def _send_vlan(self, ports, frame, vid):
+        """Send a frame of VLAN `vid` to each port as its VLAN policy wants it."""
+        policies, egress = self.switch.vlan_policies, vlan.egress
+        for port in ports:
+            out = egress(policies[port], vid, frame, VNET_HDR_LEN)
+            if out is not None:
+                port.send_frame(out)
 
     def _throttle(self):
         """End of pass: rest the ports whose frames were refused wholesale."""
@@ -189,7 +213,7 @@ class Bridge:
         """Age MACs (and their addresses) out, and report drops and flaps."""
         if self.switch.expire(now) or self._hosts_stale:
             self._hosts_stale = False
-            self.hosts.keep_only(self.switch.__contains__)
+            self.hosts.keep_only(self.switch.known_macs().__contains__)
         self.report(now)
 
     def report(self, now):
@@ -206,7 +230,7 @@ class Bridge:
         for mac, count in self.flap_reports.due(now):
             home, claimer = self._flappers.pop(mac)
             log.warning("MAC %s lives on port %s but port %s claimed it %d times in the "
-                        "last %g s: held on %s (mac_move_holddown_s %g)", format_mac(mac),
+                        "last %g s: held on %s (mac_move_holddown_s %g)", format_key(mac),
                         port_name(home), port_name(claimer), count, REPORT_S,
                         port_name(home), sw.mac_move_holddown_s)
 
@@ -239,6 +263,8 @@ _EXPLAIN = {
     "group_source": "frames with a multicast source MAC",
     "probe_excess": "frames to the loop-probe address over {probe_pps}/s",
     "blocked": "frames while the port is blocked by loop detection",
+    "vlan": "frames its VLAN policy (ports.NAME.vlan) refuses: tagged on an access port, "
+            "in a VLAN the trunk does not allow, or untagged on a trunk with no native VLAN",
     "dhcp_guard": "DHCP server messages (port not in switch.dhcp_guard.trusted)",
     "ra_guard": "router advertisements (port not in switch.ra_guard.trusted)",
     "port_limit": "frames from new MACs past max_macs_per_port ({max_macs_per_port})",
@@ -254,6 +280,12 @@ def _explain(reason: str, sw) -> str:
     return _EXPLAIN[reason].format(probe_pps=loopguard.PROBE_PPS,
                                    max_macs_per_port=sw.max_macs_per_port,
                                    holddown=sw.mac_move_holddown_s, storm=sw.storm)
+
+
+def format_key(key: bytes) -> str:
+    """A switch key as text: the MAC, and its VLAN if it has one."""
+    mac, vid = split_key(key)
+    return format_mac(mac) if vid is None else f"{format_mac(mac)} (VLAN {vid})"
 
 
 def port_name(port) -> str:

@@ -225,8 +225,9 @@ def render_status(s: dict, list_macs: bool = False) -> str:
 
 
 def _mac_table(macs: list[dict]) -> list[str]:
-    return _table(("MAC", "PORT", "AGE", "IPS"),
-                  [(m["mac"], m["port"], f"{m['age_s']:.1f}s", " ".join(m.get("ips", [])))
+    return _table(("MAC", "PORT", "VLAN", "AGE", "IPS"),
+                  [(m["mac"], m["port"], "-" if m.get("vlan") is None else m["vlan"],
+                    f"{m['age_s']:.1f}s", " ".join(m.get("ips", [])))
                    for m in macs])
 
 
@@ -253,6 +254,8 @@ def _host_matches(m: dict, args) -> bool:
     if args.port and m["port"] not in args.port:
         return False
     if args.mac and m["mac"] != args.mac:
+        return False
+    if args.vlan is not None and m.get("vlan") != args.vlan:
         return False
     return not args.ip or args.ip in m.get("ips", [])
 
@@ -365,6 +368,13 @@ def _ip_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
 
 
+def _vlan_arg(text: str) -> int:
+    from l2vpn.vlan import VID_MAX, VID_MIN
+    if not text.isdigit() or not VID_MIN <= int(text) <= VID_MAX:
+        raise argparse.ArgumentTypeError(f"a VLAN id {VID_MIN}-{VID_MAX}, not {text!r}")
+    return int(text)
+
+
 def _node_args(verb) -> None:
     """-s SOCKET | -c FILE: which running node a verb asks (see _socket_of)."""
     verb.add_argument("-s", "--socket", metavar="SOCKET",
@@ -412,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only MACs behind this port (a node name, or hub); repeatable")
     v.add_argument("--mac", type=_mac_arg, metavar="M", help="only this MAC")
     v.add_argument("--ip", type=_ip_arg, metavar="ADDRESS", help="only the MAC(s) using it")
+    v.add_argument("--vlan", type=_vlan_arg, metavar="V",
+                   help="only MACs in this VLAN (1-4094)")
     v.add_argument("--json", action="store_true", help="print the matching entries as JSON")
     v.set_defaults(func=cmd_macs)
 

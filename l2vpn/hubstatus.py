@@ -17,6 +17,7 @@ import json
 from l2vpn.bridge import port_name
 from l2vpn.frame import format_mac
 from l2vpn.management import Stream
+from l2vpn.switch import split_key
 from l2vpn.tcp import format_addr
 
 ROWS_PER_PULL = 800     # ~60 KB of JSON and ~6 ms of the loop
@@ -48,10 +49,15 @@ def status(hub, with_macs: bool = True) -> dict:
 
 
 def macs(hub, now) -> list:
+    """The live MAC table, one entry per (VLAN, MAC); `vlan` is None for untagged."""
     hosts = hub.bridge.hosts
-    return [{"mac": format_mac(mac), "port": port.name, "age_s": round(age, 3),
-             "ips": hosts.ips(mac)}
-            for mac, port, age in hub.switch.entries(now)]
+    return [mac_row(mac, vlan, port, age, hosts)
+            for mac, vlan, port, age in hub.switch.vlan_entries(now)]
+
+
+def mac_row(mac: bytes, vlan, port, age_s: float, hosts) -> dict:
+    return {"mac": format_mac(mac), "vlan": vlan, "port": port.name, "age_s": round(age_s, 3),
+            "ips": hosts.ips(mac)}
 
 
 def switch_status(bridge, now) -> dict:
@@ -87,7 +93,7 @@ class StatusStream(Stream):
         self._head = head[:-1] + ', "macs": ['     # the object stays open for the rows
         self._ports = list(hub.switch.ports)     # in the order added, as entries() lists
         self._port = None
-        self._queue = []                         # MACs of self._port still to list
+        self._queue = []                         # keys of self._port still to list
         self._first = True
         self._done = False
 
@@ -118,10 +124,9 @@ class StatusStream(Stream):
                 self._queue = table.port_macs(self._port)
                 self._queue.reverse()            # pop() from the end takes the lowest MAC
                 continue
-            mac = self._queue.pop()
-            found = table.entry(mac, now)
+            key = self._queue.pop()
+            found = table.entry(key, now)
             if found is None or found[0] is not self._port:
                 continue                         # aged out or moved since the listing began
-            rows.append({"mac": format_mac(mac), "port": self._port.name,
-                         "age_s": round(found[1], 3), "ips": hosts.ips(mac)})
+            rows.append(mac_row(*split_key(key), self._port, found[1], hosts))
         return rows

@@ -12,6 +12,7 @@ Every check that can drop a frame sits in `decide()` in this order, each counted
   probe / probe_excess            a loop probe (dst == `intercept`): returned as PROBE,
                                   or dropped past `probe_pps` for its port
   blocked                         the port is cut off by loop detection
+  vlan                            the port's VLAN policy refuses the frame (VLAN mode)
   dhcp_guard / ra_guard           a server message from a port not trusted for it
   port_limit                      a new source past `max_macs_per_port`
   move_held                       a MAC claimed from another port within the hold-down
@@ -28,10 +29,23 @@ hosts keep working; the per-port limit is what stops one port filling it.
 The flood tuple for each ingress port (all other unblocked ports, in the order they
 were added) is built on its first use after the ports change, so neither flooding nor
 forwarding allocates an answer per frame.
+
+VLANs (vlan.py has their semantics). While no port has a VLAN policy the table is
+VLAN-blind, as it always was: a key is the 6-byte MAC and tags are not read. Once a port
+has one (`vlans_on`), `decide()` gives every frame past the probe intercept and the
+block its VLAN (`vlan.ingress_vlan`, or drops it as `vlan`), learns and looks up by
+(VLAN, MAC) and floods only to the ports that carry that VLAN (a tuple per ingress port
+and VLAN, cached like the plain one). A key is then the MAC followed by the VID's two
+bytes, or the bare MAC for UNTAGGED, the VLAN of untagged frames on transparent ports:
+so entries learnt blind keep their meaning when VLANs come on (none of them lives on a
+port with a policy: a port that gets one is flushed), and turning VLANs off forgets only
+the 8-byte keys. `decide()` still answers with ports; the frame's VLAN is left in
+`last_vlan` for the caller, which fits the frame to each port with `vlan.egress`.
 """
 
 from l2vpn import guard, storm
 from l2vpn.frame import BROADCAST, ETH_HLEN, VLAN_HLEN
+from l2vpn.vlan import UNTAGGED, carries, ingress_vlan
 
 
 class _Drop(tuple):
@@ -53,6 +67,7 @@ DROPS = (
     "group_source",
     "probe_excess",
     "blocked",
+    "vlan",
     "dhcp_guard",
     "ra_guard",
     "port_limit",
@@ -80,20 +95,32 @@ _STORM = storm.DROP_REASONS
 TAG_ROOM = 2 * VLAN_HLEN
 NO_LIMIT = 1 << 62
 MAX_FLAPS = 256
+_VID = tuple(v.to_bytes(2, "big") for v in range(4096))   # VID -> its key suffix
+
+
+def key_of(mac: bytes, vlan: int | None) -> bytes:
+    """The table key of `mac` in `vlan` (None or UNTAGGED: the bare MAC)."""
+    return mac if not vlan else mac + _VID[vlan]
+
+
+def split_key(key: bytes) -> tuple:
+    """(MAC, VLAN) of a table key; the VLAN is None for a bare MAC (untagged)."""
+    return (key, None) if len(key) == 6 else (key[:6], int.from_bytes(key[6:], "big"))
 
 
 class _Port:
     """What the table keeps per port."""
 
     __slots__ = ("port", "solo", "flood", "macs", "max_frame", "blocked", "guarded", "drops",
-                 "buckets", "probes", "max_macs", "own_max_macs", "trusted", "storm_pps")
+                 "buckets", "probes", "max_macs", "own_max_macs", "trusted", "storm_pps",
+                 "vlan", "vlan_flood")
 
     def __init__(self, port, max_frame: int, guarded: frozenset, buckets: tuple, probes,
                  max_macs: int):
         self.port = port
         self.solo = (port,)   # returned as is when forwarding to this port
         self.flood = None     # all other unblocked ports; built on first use
-        self.macs: set[bytes] = set()
+        self.macs: set[bytes] = set()   # keys: see key_of()
         self.max_frame = max_frame
         self.blocked = False
         self.guarded = guarded  # guard kinds this port is not trusted for
@@ -104,6 +131,8 @@ class _Port:
         self.own_max_macs = None     # this port's own limit, or None
         self.trusted = frozenset()   # guard kinds trusted here, as add_port was told
         self.storm_pps = None        # this port's own rates, or None: the table's
+        self.vlan = None             # its vlan.VlanPolicy, or None: transparent
+        self.vlan_flood = {}         # VLAN -> the other unblocked ports carrying it
 
 
 class _Entry:
@@ -146,9 +175,13 @@ class SwitchTable:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         # MAC -> [home port, port claiming it, frames held] since the caller last took them
         self.flaps: dict[bytes, list] = {}
-        self._macs: dict[bytes, _Entry] = {}
+        self._macs: dict[bytes, _Entry] = {}   # key (see key_of) -> entry
         self._state: dict[object, _Port] = {}
         self._ports: tuple = ()
+        self.vlans_on = False      # some port has a VLAN policy: see the module docstring
+        self.last_vlan = UNTAGGED  # the VLAN of the frame decide() saw last (VLAN mode)
+        self.vlan_policies: dict = {}   # port -> its VlanPolicy or None, for egress
+        self._vlans_named = frozenset()  # every VLAN some port's policy carries
 
     # -- ports ---------------------------------------------------------------
 
@@ -157,12 +190,14 @@ class SwitchTable:
         return self._ports
 
     def add_port(self, port, *, mtu: int | None = None, trusted=frozenset(),
-                 max_macs: int | None = None, storm_pps: tuple | None = None) -> None:
+                 max_macs: int | None = None, storm_pps: tuple | None = None,
+                 vlan=None) -> None:
         """Attach a port; frames from a port not added are dropped.
 
         `mtu` bounds the frames it may send (plus the Ethernet header and two VLAN tags);
         `trusted` names the guards (guard.DHCP, guard.RA) that do not apply to it;
-        `max_macs` and `storm_pps` are this port's own limits (None: the table's)."""
+        `max_macs` and `storm_pps` are this port's own limits (None: the table's);
+        `vlan` is its vlan.VlanPolicy (None: transparent)."""
         if port in self._state:
             raise ValueError(f"port already added: {port!r}")
         max_frame = NO_LIMIT if mtu is None else mtu + ETH_HLEN + TAG_ROOM
@@ -170,13 +205,27 @@ class SwitchTable:
         self._state[port] = p
         self._limit(p, frozenset(trusted), max_macs, storm_pps)
         p.probes = storm.bucket(self.probe_pps, self.storm_burst_s)
+        p.vlan = vlan
+        self.vlan_policies[port] = vlan
         self._ports_changed()
+        self._vlans_changed()
 
     def set_port(self, port, *, trusted=frozenset(), max_macs: int | None = None,
-                 storm_pps: tuple | None = None) -> None:
-        """Change a port's own limits and trusted guards live (a config reload); its MACs
-        stay learnt, even past a lower `max_macs` (new ones are refused until under it)."""
-        self._limit(self._state[port], frozenset(trusted), max_macs, storm_pps)
+                 storm_pps: tuple | None = None, vlan=None) -> int:
+        """Change a port's own limits, trusted guards and VLAN policy live (a config
+        reload); returns the MACs flushed. Its MACs stay learnt, even past a lower
+        `max_macs` (new ones are refused until under it), unless its `vlan` changes:
+        then they are forgotten, since they were learnt in VLANs it may no longer have."""
+        p = self._state[port]
+        self._limit(p, frozenset(trusted), max_macs, storm_pps)
+        if vlan == p.vlan:
+            return 0
+        p.vlan = vlan
+        self.vlan_policies[port] = vlan
+        flushed = self.flush(port)
+        self._ports_changed()
+        self._vlans_changed()
+        return flushed
 
     def configure(self, *, aging_s: float, max_entries: int, max_macs_per_port: int,
                   holddown_s: float, storm_pps: tuple, guards, intercept: bytes | None,
@@ -211,12 +260,15 @@ class SwitchTable:
         p = self._state.pop(port, None)
         if p is None:
             return 0
+        del self.vlan_policies[port]
         for mac in p.macs:
             del self._macs[mac]
         self._ports_changed()
         self.counters["flushed"] += len(p.macs)
         for mac in [m for m, f in self.flaps.items() if f[0] is port or f[1] is port]:
             del self.flaps[mac]
+        if p.vlan is not None:
+            self._vlans_changed()
         return len(p.macs)
 
     def block(self, port) -> int:
@@ -253,10 +305,44 @@ class SwitchTable:
         self._ports = tuple(self._state)
         for p in self._state.values():
             p.flood = None
+            if p.vlan_flood:
+                p.vlan_flood = {}
 
     def _flood_of(self, p: _Port) -> tuple:
         p.flood = tuple(q.port for q in self._state.values() if q is not p and not q.blocked)
         return p.flood
+
+    def _vlan_flood_of(self, p: _Port, vlan: int) -> tuple:
+        # A VLAN no policy names (any VID a transparent port may send) floods to the
+        # transparent ports alone, as UNTAGGED does: one tuple for them all, so a port
+        # cycling through VIDs cannot grow the cache past the configured VLANs.
+        if vlan != UNTAGGED and vlan not in self._vlans_named:
+            flood = p.vlan_flood.get(UNTAGGED)
+            if flood is not None:
+                return flood
+            vlan = UNTAGGED
+        flood = tuple(q.port for q in self._state.values()
+                      if q is not p and not q.blocked and carries(q.vlan, vlan))
+        p.vlan_flood[vlan] = flood
+        return flood
+
+    def _vlans_changed(self) -> None:
+        """Enter or leave VLAN mode as ports with a policy come and go; leaving it forgets
+        the entries of VLANs (8-byte keys), which VLAN-blind lookups would never find."""
+        self._vlans_named = frozenset().union(
+            *(p.vlan.vlans for p in self._state.values() if p.vlan is not None))
+        on = bool(self._vlans_named)
+        if on == self.vlans_on:
+            return
+        self.vlans_on = on
+        self.last_vlan = UNTAGGED
+        if on:
+            return
+        tagged = [key for key in self._macs if len(key) != 6]
+        for key in tagged:
+            self._macs.pop(key).home.macs.discard(key)
+            self.flaps.pop(key, None)
+        self.counters["flushed"] += len(tagged)
 
     # -- the hot path ----------------------------------------------------------
 
@@ -288,6 +374,8 @@ class SwitchTable:
             return PROBE
         if p.blocked:
             return self._drop(p, "blocked")
+        if self.vlans_on:
+            return self._decide_vlan(frame, offset, hdr, p, now)
         if p.guarded:
             kind = guard.classify(frame, offset)
             if kind is not None and kind in p.guarded:
@@ -301,6 +389,49 @@ class SwitchTable:
             if reason is not None:
                 return self._drop(p, reason)
         return self._forward(hdr[:6], p, now)
+
+    def _decide_vlan(self, frame, offset: int, hdr: bytes, p: _Port, now: float) -> tuple:
+        """decide() from the VLAN check on, in VLAN mode: keys and floods per VLAN."""
+        vlan = ingress_vlan(p.vlan, frame, offset)
+        if vlan < 0:
+            return self._drop(p, "vlan")
+        self.last_vlan = vlan
+        if p.guarded:
+            kind = guard.classify(frame, offset)
+            if kind is not None and kind in p.guarded:
+                return self._drop(p, "dhcp_guard" if kind == guard.DHCP else "ra_guard")
+        src = hdr[6:] if vlan == UNTAGGED else hdr[6:] + _VID[vlan]
+        entry = self._macs.get(src)
+        if entry is not None and entry.home is p:
+            entry.seen = now
+        else:
+            reason = self._learn(src, p, now)
+            if reason is not None:
+                return self._drop(p, reason)
+        counters = self.counters
+        dst = hdr[:6]
+        if dst[0] & 1:
+            bucket = p.buckets[0 if dst == BROADCAST else 1]
+            if bucket is not None and not bucket.take(now):
+                return self._drop(p, _STORM[0 if dst == BROADCAST else 1])
+        else:
+            entry = self._macs.get(dst if vlan == UNTAGGED else dst + _VID[vlan])
+            if entry is not None and now - entry.seen <= self.aging_s:
+                home = entry.home
+                if home is p:
+                    counters["ingress_hairpin"] += 1
+                    return ()
+                if home.blocked:
+                    counters["blocked"] += 1
+                    return ()
+                counters["forwarded"] += 1
+                return home.solo
+            bucket = p.buckets[2]
+            if bucket is not None and not bucket.take(now):
+                return self._drop(p, "storm_unknown_unicast")
+        counters["flooded"] += 1
+        flood = p.vlan_flood.get(vlan)
+        return flood if flood is not None else self._vlan_flood_of(p, vlan)
 
     def _drop(self, p, reason: str) -> tuple:
         self.counters[reason] += 1
@@ -376,17 +507,19 @@ class SwitchTable:
 
     # -- table access ----------------------------------------------------------
 
-    def learn(self, mac: bytes, port, now: float) -> bool:
-        """Map `mac` to `port` as if a frame from it arrived; False if it was not learnt."""
+    def learn(self, mac: bytes, port, now: float, vlan: int | None = None) -> bool:
+        """Map `mac` (in `vlan`, VLAN mode only) to `port` as if a frame from it arrived;
+        False if it was not learnt."""
         mac = bytes(mac)
         if len(mac) != 6:
             raise ValueError(f"a MAC is 6 bytes, not {len(mac)}")
         p = self._state.get(port)
-        if mac[0] & 1 or p is None:
+        if mac[0] & 1 or p is None or (vlan and not self.vlans_on):
             return False
-        if self._learn(mac, p, now) is not None:
+        key = key_of(mac, vlan)
+        if self._learn(key, p, now) is not None:
             return False
-        entry = self._macs.get(mac)
+        entry = self._macs.get(key)
         return entry is not None and entry.home is p
 
     def take_flaps(self) -> dict:
@@ -410,32 +543,46 @@ class SwitchTable:
         return len(stale)
 
     def entries(self, now: float) -> list[tuple[bytes, object, float]]:
-        """Live (mac, port, age_s) rows, by port in the order added, then by MAC."""
+        """Live (mac, port, age_s) rows, by port in the order added, then by MAC (a MAC
+        in several VLANs has a row in each: vlan_entries() tells them apart)."""
+        return [(mac, port, age) for mac, _vlan, port, age in self.vlan_entries(now)]
+
+    def vlan_entries(self, now: float) -> list[tuple[bytes, int | None, object, float]]:
+        """Live (mac, vlan, port, age_s) rows, by port in the order added, then by MAC and
+        VLAN; `vlan` is None for untagged frames (and always when no port has a policy)."""
         order = {p: i for i, p in enumerate(self._ports)}
         aging_s = self.aging_s
         rows = [
-            (mac, e.home.port, now - e.seen)
-            for mac, e in self._macs.items()
+            (key, e.home.port, now - e.seen)
+            for key, e in self._macs.items()
             if now - e.seen <= aging_s
         ]
         rows.sort(key=lambda row: (order[row[1]], row[0]))
-        return rows
+        return [(*split_key(key), port, age) for key, port, age in rows]
 
     def port_macs(self, port) -> list[bytes]:
-        """The MACs learnt on `port`, sorted; none for a port that is gone."""
+        """The keys (see key_of; the MACs when no port has a VLAN policy) learnt on
+        `port`, sorted; none for a port that is gone."""
         p = self._state.get(port)
         return sorted(p.macs) if p is not None else []
 
-    def entry(self, mac: bytes, now: float):
-        """(port, age_s) of a live entry for `mac`, or None."""
-        e = self._macs.get(mac)
+    def entry(self, key: bytes, now: float):
+        """(port, age_s) of a live entry for `key` (a MAC, or see key_of), or None."""
+        e = self._macs.get(key)
         if e is None or now - e.seen > self.aging_s:
             return None
         return e.home.port, now - e.seen
 
-    def __contains__(self, mac) -> bool:
-        """True while `mac` has an entry (aged or not: expire() removes those)."""
-        return mac in self._macs
+    def __contains__(self, key) -> bool:
+        """True while `key` (a MAC, or see key_of) has an entry (aged or not: expire()
+        removes those)."""
+        return key in self._macs
+
+    def known_macs(self):
+        """What `in` tells whether a MAC has an entry in any VLAN (aged or not)."""
+        if not self.vlans_on:
+            return self._macs
+        return {key[:6] for key in self._macs}
 
     def __len__(self) -> int:
         """Entries stored, aged ones included until `expire()` removes them."""

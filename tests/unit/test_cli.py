@@ -416,9 +416,10 @@ HUB_STATUS = {
          "drops": 0, "buffered_b": 0, "caps": 0},
     ],
     "pending": 0,
-    "macs": [{"mac": "02:00:00:00:0a:01", "port": "site-a", "age_s": 1.25,
+    "macs": [{"mac": "02:00:00:00:0a:01", "vlan": None, "port": "site-a", "age_s": 1.25,
               "ips": ["198.19.0.10", "fe80::a"]},
-             {"mac": "02:00:00:00:0b:01", "port": "site-b", "age_s": 0.0, "ips": []}],
+             {"mac": "02:00:00:00:0b:01", "vlan": 20, "port": "site-b", "age_s": 0.0,
+              "ips": []}],
     "switch": {"entries": 2, "aging_s": 300.0, "counters": {}},
 }
 
@@ -439,7 +440,10 @@ def test_render_hub_status():
                    "tap l2vpn0 02:00:00:00:00:01 mtu 1500"):
         assert needle in text, needle
     row = next(line for line in text.splitlines() if line.startswith("02:00:00:00:0a:01"))
-    assert row.split() == ["02:00:00:00:0a:01", "site-a", "1.2s", "198.19.0.10", "fe80::a"]
+    assert row.split() == ["02:00:00:00:0a:01", "site-a", "-", "1.2s", "198.19.0.10",
+                           "fe80::a"]
+    row = next(line for line in text.splitlines() if line.startswith("02:00:00:00:0b:01"))
+    assert row.split() == ["02:00:00:00:0b:01", "site-b", "20", "0.0s"]
 
 
 def test_render_spoke_status():
@@ -551,7 +555,7 @@ def test_status_text_shows_the_ips_beside_each_mac():
 def test_macs_finds_the_port_an_address_is_behind(tmp_path, capsys):
     assert macs_of(tmp_path, ["--ip", "198.19.0.10"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["MAC", "PORT", "AGE", "IPS"]
+    assert out[0].split() == ["MAC", "PORT", "VLAN", "AGE", "IPS"]
     assert out[1].split()[:2] == ["02:00:00:00:0a:01", "site-a"] and len(out) == 2
     assert macs_of(tmp_path, ["--ip", "FE80::A", "--json"]) == 0
     assert [m["port"] for m in json.loads(capsys.readouterr().out)] == ["site-a"]
@@ -562,6 +566,9 @@ def test_macs_filters_by_port_and_mac_and_says_when_nothing_matched(tmp_path, ca
     assert [m["mac"] for m in json.loads(capsys.readouterr().out)] == ["02:00:00:00:0b:01"]
     assert macs_of(tmp_path, ["--mac", "02-00-00-00-0A-01", "--json"]) == 0
     assert [m["port"] for m in json.loads(capsys.readouterr().out)] == ["site-a"]
+    assert macs_of(tmp_path, ["--vlan", "20", "--json"]) == 0
+    assert [m["mac"] for m in json.loads(capsys.readouterr().out)] == ["02:00:00:00:0b:01"]
+    assert macs_of(tmp_path, ["--vlan", "30"]) == 1
     assert macs_of(tmp_path, ["--ip", "198.19.0.99"]) == 1
     assert capsys.readouterr().out == ""
 
@@ -570,6 +577,9 @@ def test_macs_refuses_bad_arguments_and_a_spoke(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["macs", "--ip", "not-an-ip"])
     assert exc.value.code == 2 and "not an IP address" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["macs", "--vlan", "4095"])
+    assert exc.value.code == 2 and "a VLAN id 1-4094" in capsys.readouterr().err
     assert macs_of(tmp_path, [], status=SPOKE_STATUS) == 1
     assert "is a spoke" in capsys.readouterr().err
 

@@ -255,8 +255,9 @@ def test_status_lists_node_sessions_and_macs(hub, clock):
     assert [x["cn"] for x in st["sessions"]] == ["site-b"]
     assert st["sessions"][0]["id"] == s.id and type(s.id) is int
     assert st["macs"] == [
-        {"mac": "02:00:00:00:00:01", "port": "a", "age_s": 2.5, "ips": []},
-        {"mac": "02:00:00:00:00:02", "port": "site-b", "age_s": 2.5, "ips": []},
+        {"mac": "02:00:00:00:00:01", "vlan": None, "port": "a", "age_s": 2.5, "ips": []},
+        {"mac": "02:00:00:00:00:02", "vlan": None, "port": "site-b", "age_s": 2.5,
+         "ips": []},
     ]
     assert st["switch"]["entries"] == 2 and st["switch"]["counters"]["learned"] == 2
     assert json.loads(json.dumps(st)) == st

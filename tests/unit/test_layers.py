@@ -12,7 +12,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init_
 
 PURE = ("frame", "wire", "switch", "offload", "errors", "guard", "loopguard", "storm", "hosts",
         "pcapng", "lifecycle", "port", "vlan")
-PURE_MAY_IMPORT = {"frame", "errors", "guard", "storm"}
+PURE_MAY_IMPORT = {"frame", "errors", "guard", "storm", "vlan"}
 FORBIDDEN_IN_PURE = {"socket", "ssl", "fcntl", "threading", "time", "selectors", "pyroute2",
                      "scapy", "os", "asyncio", "subprocess", "signal"}
 LOW = ("frame", "errors", "wire", "switch", "offload", "config")
