@@ -19,6 +19,7 @@ from l2vpn.config import (
     KeepaliveConfig,
     ListenConfig,
     ManagementConfig,
+    PortConfig,
     StormConfig,
     SwitchConfig,
     TLSConfig,
@@ -140,6 +141,27 @@ def test_defaults_reach_the_switch_table(make_hub):
     sw = make_hub().switch
     assert (sw.max_macs_per_port, sw.holddown_s, sw.storm_pps) == (1024, 5.0, (1000, 2000, 2000))
     assert sw.guards == frozenset()
+
+
+def test_a_ports_own_limits_override_the_switch_and_follow_a_reload(make_hub, clock):
+    hub = make_hub(max_macs_per_port=2)
+    own = {"site-a": PortConfig(max_macs=3, storm=StormConfig(broadcast_pps=1))}
+    hub.bridge.reconfigure(hub.cfg.switch, own)          # as a reload hands them over
+    a, b = up(hub, "site-a", "site-b")
+    for n in (1, 2, 3, 4):
+        hub.bridge.forward(a, eth(mac(9), mac(n)))       # unicast: no storm limit
+        hub.bridge.forward(b, eth(mac(9), mac(10 + n)))
+    assert hub.switch.port_info(a)["macs"] == 3 and hub.switch.port_info(b)["macs"] == 2
+    hub.bridge.forward(a, eth(BROADCAST, mac(1)))
+    hub.bridge.forward(a, eth(BROADCAST, mac(1)))        # past site-a's own 1/s
+    hub.bridge.forward(b, eth(BROADCAST, mac(11)))
+    hub.bridge.forward(b, eth(BROADCAST, mac(11)))       # site-b: the switch's 1000/s
+    assert hub.switch.port_info(a)["drops"]["storm_broadcast"] == 1
+    assert hub.switch.port_info(b)["drops"]["storm_broadcast"] == 0
+    hub.bridge.reconfigure(hub.cfg.switch, {})           # the override removed: 2 again
+    hub.bridge.forward(a, eth(mac(9), mac(5)))
+    assert hub.switch.port_info(a)["drops"]["port_limit"] == 2   # 4 then 5 refused
+    assert hub.switch.port_info(a)["macs"] == 3                  # learnt ones stay
 
 
 def test_port_limit_through_the_hub(make_hub):
