@@ -62,7 +62,7 @@ def notify(tmp_path, monkeypatch):
         ns.close()
 
 
-def test_hub_and_spoke_say_ready_then_status_watchdog_and_stopping(make_lab, notify):
+def test_hub_and_spoke_say_ready_then_status_watchdog_reload_and_stopping(make_lab, notify):
     lab = make_lab(spokes=["site-a"], start=False)
     hub = notify("hub")
     lab.start("hub")
@@ -83,6 +83,12 @@ def test_hub_and_spoke_say_ready_then_status_watchdog_and_stopping(make_lab, not
     for _ in range(5):
         hub.wait_for(lambda m: m.get("WATCHDOG") == "1", 1.0)
     assert time.monotonic() - t0 < 1.5
+
+    # A reload is bracketed: RELOADING=1 (with the monotonic time) and then READY=1.
+    assert lab.l2vpn("reload", "-s", str(lab.nodes["hub"].socket)).returncode == 0
+    reloading = hub.wait_for(lambda m: m.get("RELOADING") == "1", 10)
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    hub.wait_for(lambda m: m.get("READY") == "1", 10)
 
     assert lab.stop("site-a") == 0
     stopping = spoke.wait_for(lambda m: "STOPPING" in m, 10)
