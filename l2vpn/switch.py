@@ -391,7 +391,10 @@ class SwitchTable:
         return self._forward(hdr[:6], p, now)
 
     def _decide_vlan(self, frame, offset: int, hdr: bytes, p: _Port, now: float) -> tuple:
-        """decide() from the VLAN check on, in VLAN mode: keys and floods per VLAN."""
+        """decide() from the VLAN check on, in VLAN mode: keys and floods per VLAN.
+
+        The guard and learning steps repeat decide()'s on purpose: a shared helper would
+        cost a call on every frame of the plain path."""
         vlan = ingress_vlan(p.vlan, frame, offset)
         if vlan < 0:
             return self._drop(p, "vlan")

@@ -2,6 +2,7 @@
 TLS sessions over socket pairs and TAPs that are SOCK_SEQPACKET pairs (fakes.FakeNetwork).
 Frames go in at one site's LAN and are checked where they come out."""
 
+import contextlib
 import socket
 
 import pytest
@@ -66,24 +67,29 @@ class Lan:
         return got
 
 
-@pytest.fixture
-def site(tmp_path, fresh_ca):
+def hub_config(tmp_path, ca):
+    return HubConfig(
+        path=tmp_path / "hub.yaml", node="hub", listen=ListenConfig(*HUB_ADDR),
+        tls=tls_of(ca, "hub"), tap=TapConfig("hub0", mac=MAC["h"]), switch=SwitchConfig(),
+        management=ManagementConfig(tmp_path / "hub.sock"), keepalive=KeepaliveConfig())
+
+
+def tls_of(ca, name):
+    return TLSConfig(ca / "ca.crt", ca / f"{name}.crt", ca / f"{name}.key")
+
+
+@contextlib.contextmanager
+def running_site(hub_cfg, ca, tmp_path):
+    """The hub `hub_cfg` describes and spokes site-a and site-b, started on one loop and
+    up at both ends; yields (loop, hub, spokes, LANs by h/a/b), closes all of it after."""
     loop = EventLoop()
     net = FakeNetwork()
-    ka = KeepaliveConfig()
-
-    def tls(name):
-        return TLSConfig(fresh_ca / "ca.crt", fresh_ca / f"{name}.crt", fresh_ca / f"{name}.key")
-
-    hub = Hub(HubConfig(
-        path=tmp_path / "hub.yaml", node="hub", listen=ListenConfig(*HUB_ADDR), tls=tls("hub"),
-        tap=TapConfig("hub0", mac=MAC["h"]), switch=SwitchConfig(),
-        management=ManagementConfig(tmp_path / "hub.sock"), keepalive=ka), net.edges(),
-        loop=loop)
+    hub = Hub(hub_cfg, net.edges(), loop=loop)
     spokes = [Spoke(SpokeConfig(
-        path=tmp_path / f"{name}.yaml", node=name, hub=HubEndpoint(*HUB_ADDR), tls=tls(name),
-        tap=TapConfig(f"{name}0"), management=ManagementConfig(tmp_path / f"{name}.sock"),
-        keepalive=ka, reconnect=ReconnectConfig()), net.edges(), loop=loop)
+        path=tmp_path / f"{name}.yaml", node=name, hub=HubEndpoint(*HUB_ADDR),
+        tls=tls_of(ca, name), tap=TapConfig(f"{name}0"),
+        management=ManagementConfig(tmp_path / f"{name}.sock"), keepalive=KeepaliveConfig(),
+        reconnect=ReconnectConfig()), net.edges(), loop=loop)
         for name in ("site-a", "site-b")]
     nodes = [hub, *spokes]
     try:
@@ -98,6 +104,12 @@ def site(tmp_path, fresh_ca):
         for node in reversed(nodes):
             node.close()
         loop.close()
+
+
+@pytest.fixture
+def site(tmp_path, fresh_ca):
+    with running_site(hub_config(tmp_path, fresh_ca), fresh_ca, tmp_path) as parts:
+        yield parts
 
 
 def settle(loop, lans, want: dict, what: str):

@@ -3,15 +3,10 @@
 read from real YAML. Frames go in at one LAN and are checked where they come out."""
 
 import pytest
-from fakes import FakeNetwork, run_until
-from test_one_process import MAC, Lan, arp, settle
+from fakes import run_until
+from test_one_process import MAC, arp, running_site, settle
 
 from l2vpn import config, vlan
-from l2vpn.config import (HubEndpoint, KeepaliveConfig, ManagementConfig, ReconnectConfig,
-                          SpokeConfig, TapConfig, TLSConfig)
-from l2vpn.eventloop import EventLoop
-from l2vpn.hub import Hub
-from l2vpn.spoke import Spoke
 
 BROADCAST = b"\xff" * 6
 
@@ -38,33 +33,8 @@ def tagged(frame: bytes, vid: int) -> bytes:
 def site(tmp_path, fresh_ca):
     path = tmp_path / "hub.yaml"
     path.write_text(HUB_YAML.format(ca=fresh_ca, tmp=tmp_path))
-    hub_cfg = config.load_hub(path)
-    loop = EventLoop()
-    net = FakeNetwork()
-
-    def tls(name):
-        return TLSConfig(fresh_ca / "ca.crt", fresh_ca / f"{name}.crt", fresh_ca / f"{name}.key")
-
-    hub = Hub(hub_cfg, net.edges(), loop=loop)
-    spokes = [Spoke(SpokeConfig(
-        path=tmp_path / f"{name}.yaml", node=name, hub=HubEndpoint("198.18.0.1", 7443),
-        tls=tls(name), tap=TapConfig(f"{name}0"),
-        management=ManagementConfig(tmp_path / f"{name}.sock"), keepalive=KeepaliveConfig(),
-        reconnect=ReconnectConfig()), net.edges(), loop=loop)
-        for name in ("site-a", "site-b")]
-    nodes = [hub, *spokes]
-    try:
-        for node in nodes:
-            node.start()
-        run_until(loop, lambda: len(hub.sessions) == 2 and all(s.ports() for s in spokes),
-                  what="both spokes up, at the hub and at each spoke")
-        lans = {"h": Lan(loop, net.taps["hub0"]), "a": Lan(loop, net.taps["site-a0"]),
-                "b": Lan(loop, net.taps["site-b0"])}
+    with running_site(config.load_hub(path), fresh_ca, tmp_path) as (loop, hub, _, lans):
         yield loop, hub, lans
-    finally:
-        for node in reversed(nodes):
-            node.close()
-        loop.close()
 
 
 def test_vlans_keep_sites_apart_and_tags_fit_each_port(site):
