@@ -52,6 +52,9 @@ class Hub(Node):
     def make_context(self, cfg):
         return pki.hub_context(cfg.tls)
 
+    def current_context(self):
+        return self.admission.context
+
     def _apply_config(self, old, prepared) -> None:
         cfg = self.cfg
         self.bridge.reconfigure(cfg.switch, cfg.ports)

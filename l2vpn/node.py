@@ -272,7 +272,7 @@ class Node:
         self._apply_config(old, prepared)
         self._crl_stamp = _stamp(cfg.tls.crl) if cfg.tls.crl is not None else None
         self._use_revocations(prepared.revocations, why)
-        for session in self.peer_sessions():
+        for session in self.peer_sessions() if prepared.trust is not None else ():
             if session.state in (HELLO, UP):
                 problem = prepared.trust.problem(session.tls, None)
                 if problem:
@@ -425,6 +425,10 @@ class Node:
     # subclasses
     def make_context(self, cfg):
         """The ssl.SSLContext for new handshakes under `cfg`."""
+        raise NotImplementedError
+
+    def current_context(self):
+        """The ssl.SSLContext new handshakes use now."""
         raise NotImplementedError
 
     def _apply_config(self, old, prepared) -> None:

@@ -11,7 +11,9 @@ needs a restart keeps its old value and is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 from dataclasses import dataclass, field
 
 from l2vpn import config, pki, privilege
@@ -29,9 +31,11 @@ def tls_problem(cfg, message: str) -> str:
     return f"{cfg.path}: tls: {message}"
 
 
-def problems(cfg, role: str) -> list[str]:
-    """What `l2vpn check` finds wrong beyond the YAML: TLS files, user and group."""
-    found = [tls_problem(cfg, line) for line in pki.check_tls(cfg.tls, role, cfg.node)]
+def problems(cfg, role: str, tls: bool = True) -> list[str]:
+    """What `l2vpn check` finds wrong beyond the YAML: TLS files (unless `tls` is false),
+    user and group."""
+    found = [tls_problem(cfg, line) for line in pki.check_tls(cfg.tls, role, cfg.node)] \
+        if tls else []
     if cfg.user is not None:
         try:
             privilege.resolve_config(cfg)
@@ -53,6 +57,13 @@ def fingerprints(tls) -> dict:
     return out
 
 
+def _identity_held(node, new) -> bool:
+    """Whether the node dropped its privileges and can no longer read its certificate or
+    key: then it keeps the TLS identity (and CA) it loaded at start."""
+    return node.identity is not None and \
+        not all(os.access(getattr(new.tls, k), os.R_OK) for k in ("cert", "key"))
+
+
 @dataclass
 class Prepared:
     """A checked config and the parts built from it, not yet in use."""
@@ -61,7 +72,7 @@ class Prepared:
     changed: list
     needs_restart: list
     context: object             # ssl.SSLContext for new handshakes
-    trust: pki.Trust            # to re-check live peers against the new CA
+    trust: pki.Trust | None     # to re-check live peers against a new CA; None: same CA
     revocations: object         # pki.Revocations, or None without tls.crl
     fingerprints: dict
     metrics_server: object = None   # a new listener when metrics.listen changed to an address
@@ -80,25 +91,37 @@ def prepare(node) -> Prepared:
     """Read and check node.cfg.path and build its parts; ConfigError lists every problem."""
     old = node.cfg
     new = config.load(old.path, node.role)
-    found = problems(new, node.role)
+    held = _identity_held(node, new)
+    deferred = []
+    if held:
+        # After `user:` took root away, the key (0600 root) cannot be read again: the
+        # identity loaded at start stays, and changes to it wait for a restart. The CRL,
+        # which the dropped user must be able to read, still applies.
+        now = fingerprints(new.tls)
+        deferred = [f"tls.{k}" for k in ("ca", "cert", "key")
+                    if getattr(new.tls, k) != getattr(old.tls, k)
+                    or (now[k] is not None and now[k] != node.tls_fingerprints.get(k))]
+        new = dataclasses.replace(new, tls=dataclasses.replace(old.tls, crl=new.tls.crl))
+    found = problems(new, node.role, tls=not held)
     if found:
         raise ConfigError(found)
     diff = config.diff(old, new)
     cfg = config.merge_live(old, new)
-    changed = list(diff.changed)
+    changed, needs_restart = list(diff.changed), list(diff.needs_restart) + deferred
     stamps = fingerprints(cfg.tls)
     for key in TLS_KEYS:    # the same path with new contents is a change too
         name = f"tls.{key}"
-        if stamps[key] != node.tls_fingerprints.get(key) and name not in changed:
+        if held and key != "crl":
+            stamps[key] = node.tls_fingerprints.get(key)    # as loaded at start
+        elif stamps[key] != node.tls_fingerprints.get(key) and name not in changed:
             changed.append(name)
     try:
-        context = node.make_context(cfg)
-        trust = pki.Trust(cfg.tls.ca)
+        context = node.current_context() if held else node.make_context(cfg)
+        trust = None if held else pki.Trust(cfg.tls.ca)    # held: the CA did not change
         revocations = pki.load_crl(cfg.tls.crl, cfg.tls.ca) if cfg.tls.crl else None
     except PKIError as e:
         raise ConfigError([tls_problem(cfg, str(e))]) from None
-    prepared = Prepared(cfg, changed, list(diff.needs_restart), context, trust, revocations,
-                        stamps)
+    prepared = Prepared(cfg, changed, needs_restart, context, trust, revocations, stamps)
     listen = cfg.metrics.listen
     if listen != old.metrics.listen and listen is not None:
         try:

@@ -76,6 +76,9 @@ class Spoke(Node):
     def make_context(self, cfg):
         return pki.spoke_context(cfg.tls, cfg.hub.server_name)
 
+    def current_context(self):
+        return self.context
+
     def _apply_config(self, old, prepared) -> None:
         self.context = prepared.context     # the next connection uses it
         if self.cfg.hub == old.hub:

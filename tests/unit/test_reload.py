@@ -205,3 +205,26 @@ def test_a_new_ca_ends_the_sessions_it_does_not_sign_and_only_those(site, tmp_pa
     out = site.hub.reload("test")
     assert out["ok"] and set(out["changed"]) == {"tls.ca", "tls.cert", "tls.key"}
     assert site.hub.sessions == {}        # both spokes' certificates are the old CA's
+
+
+def test_after_a_privilege_drop_an_unreadable_key_keeps_the_identity_loaded_at_start(
+        site, monkeypatch, tmp_path):
+    from l2vpn import reload as config_reload
+    hub = site.hub
+    context = hub.current_context()
+    hub.identity = object()                       # as if `user:` had dropped root
+    key = str(site.ca / "hub.key")
+    real_access = config_reload.os.access
+    monkeypatch.setattr(config_reload.os, "access",
+                        lambda path, mode: False if str(path) == key else real_access(path, mode))
+    copy = tmp_path / "hub-copy.crt"
+    copy.write_bytes((site.ca / "hub.crt").read_bytes())
+    site.docs["hub"]["tls"]["cert"] = str(copy)   # a change that needs the key to apply
+    site.docs["hub"]["switch"] = {"aging_s": 30}
+    site.write("hub")
+    out = hub.reload("test")
+    assert out["ok"], out
+    assert out["changed"] == ["switch.aging_s"] and out["needs_restart"] == ["tls.cert"]
+    assert hub.current_context() is context and hub.cfg.tls.cert == site.ca / "hub.crt"
+    assert hub.switch.aging_s == 30
+    hub.identity = None
