@@ -354,19 +354,25 @@ def account(value, base) -> str:
     return value
 
 
+def _mapping_of(value, known) -> dict:
+    """A nested mapping's value (absent = empty) holding only the `known` keys, or Invalid."""
+    names = ", ".join(known)
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise Invalid(f"a mapping with keys: {names}")
+    for name in value:
+        if name not in known:
+            raise Invalid(f"one of: {names}", key=_key_text(name), got=_UNKNOWN_KEY)
+    return value
+
+
 def mapping(keys: tuple, make: type) -> Callable:
     """A check for a nested mapping: each inner key checked, unknown keys refused."""
-    names = ", ".join(k.name for k in keys)
-    known = {k.name for k in keys}
+    known = tuple(k.name for k in keys)
 
     def check(value, base):
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise Invalid(f"a mapping with keys: {names}")
-        for name in value:
-            if name not in known:
-                raise Invalid(f"one of: {names}", key=_key_text(name), got=_UNKNOWN_KEY)
+        value = _mapping_of(value, known)
         values = {}
         for k in keys:
             if k.name not in value:
@@ -436,13 +442,7 @@ _VLAN_CHECKS = {"vid": vlan_id, "allowed": vlan_ids, "native": vlan_id}
 
 def vlan_policy(value, base) -> VlanPolicy:
     """{mode: access, vid: V} or {mode: trunk, allowed: [...], native: N}."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise Invalid(f"a mapping with keys: {', '.join(_VLAN_KEYS)}")
-    for name in value:
-        if name not in _VLAN_KEYS:
-            raise Invalid(f"one of: {', '.join(_VLAN_KEYS)}", key=_key_text(name), got=_UNKNOWN_KEY)
+    value = _mapping_of(value, _VLAN_KEYS)
     try:
         mode = _VLAN_MODE(value.get("mode"), base)
     except Invalid as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from l2vpn import config, pki, privilege
 from l2vpn.errors import ConfigError, L2VPNError, PKIError
@@ -76,12 +76,6 @@ class Prepared:
     revocations: object         # pki.Revocations, or None without tls.crl
     fingerprints: dict
     metrics_server: object = None   # a new listener when metrics.listen changed to an address
-    closers: list = field(default_factory=list)
-
-    def discard(self) -> None:
-        """Close what was opened for a reload that will not happen."""
-        for close in self.closers:
-            close()
 
     def outcome(self) -> dict:
         return {"ok": True, "changed": self.changed, "needs_restart": self.needs_restart}
@@ -129,5 +123,4 @@ def prepare(node) -> Prepared:
                                                          node.metrics_text)
         except L2VPNError as e:
             raise ConfigError([f"{cfg.path}: metrics.listen: {e}"]) from None
-        prepared.closers.append(prepared.metrics_server.close)
     return prepared
